@@ -1,0 +1,194 @@
+"""Checkpoints: advtune's own format, and starting points in the formats of the field.
+
+advtune writes two files per trial: ``last.pt`` (model, optimizer, progress, RNG state, history:
+everything to resume) and ``best.pt`` (the model at the epoch of best robust validation
+accuracy). Both hold the trial config and package versions, and load with
+``torch.load(weights_only=True)``: nothing in them is code.
+
+Starting points (:func:`load_starting_point`) may be an advtune checkpoint, a plain state dict, a
+torchvision state dict, or a robustness-library ``.ckpt`` (``model``/``state_dict`` key,
+``module.model.`` and ``module.attacker.model.`` prefixes, ``module.normalizer``); keys that fit
+are loaded, a classifier head of another class count is left freshly initialised, and what was
+missing or unexpected is reported.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "LoadReport", "load_file", "save_atomic", "versions", "load_starting_point",
+           "extract_state_dict", "FORMAT"]
+
+FORMAT = "advtune-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file, the problem and the fix."""
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("advtune", "torch", "torchvision", "ray", "optuna"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_file(path: str | Path, trust: bool = False) -> Any:
+    """Load a checkpoint file safely. ``weights_only=True`` unless ``trust``; every failure
+    becomes a :class:`CheckpointError` that says what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (advtune writes best.pt and last.pt)")
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).exists():
+                return load_file(path / name, trust)
+        raise CheckpointError(f"{path} is a folder without best.pt or last.pt; pass the checkpoint file itself")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file was truncated; use another copy")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if not trust and "weights_only" in str(exc):
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects beyond tensors, which only a full unpickle can load — and "
+                f"unpickling runs any code the file contains. It was refused. If you trust where this file comes from, "
+                f"pass --trust-checkpoint (or --set trust_checkpoint=true). Detail: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({exc}); use another copy") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ImportError,
+            ModuleNotFoundError, TypeError, IndexError, KeyError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint ({detail}); "
+                              "use another copy of the file") from None
+
+
+@dataclass
+class LoadReport:
+    """What a partial load did: keys loaded, missing from the file, unexpected, shape-mismatched."""
+
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)
+    normalizer: bool = False
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({self.format})"]
+        if self.normalizer:
+            parts.append("normalization taken from the checkpoint")
+        if self.reinitialized:
+            parts.append(f"re-initialised (shape differs, e.g. a new class count): {', '.join(self.reinitialized)}")
+        if self.missing:
+            parts.append(f"missing from the file (left as initialised): {_short(self.missing)}")
+        if self.unexpected:
+            parts.append(f"in the file but not in the model (ignored): {_short(self.unexpected)}")
+        return "; ".join(parts)
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (f" … (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def extract_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Find the state dict inside a loaded checkpoint object and name its format."""
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return obj["model"], "advtune"
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(), "pickled module"
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict", "net"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                fmt = "robustness library" if any(k.startswith("module.") for k in inner) else f"dict['{key}']"
+                return inner, fmt
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj, "state dict"
+    raise CheckpointError(f"{source} is a PyTorch file but holds no model weights that advtune recognises "
+                          "(expected an advtune checkpoint, a state dict, or a dict with a 'model'/'state_dict' key)")
+
+
+def _canonical(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Strip wrapper prefixes: returns (network weights, normalizer tensors)."""
+    keys = list(state)
+    if all(k.startswith("module.") for k in keys):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(k.startswith("model.") for k in state) and any(k.startswith(("attacker.", "normalizer.")) for k in state):
+        normalizer = {k.split(".")[-1]: v for k, v in state.items() if k.startswith("normalizer.")}
+        net = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        return net, normalizer
+    if any(k.startswith("net.") for k in state):  # advtune's own NormalizedModel layout
+        normalizer = {k.split(".")[-1]: v for k, v in state.items() if k.startswith("normalize.")}
+        net = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+        rest = {k: v for k, v in state.items() if not k.startswith(("net.", "normalize."))}
+        net.update({f"__top__.{k}": v for k, v in rest.items()})
+        return net, normalizer
+    return state, {}
+
+
+def load_starting_point(model: nn.Module, path: str | Path, trust: bool = False, min_fraction: float = 0.5) -> LoadReport:
+    """Load the weights in ``path`` into ``model`` (a NormalizedModel), as far as they fit.
+
+    Raises :class:`CheckpointError` when less than ``min_fraction`` of the model's tensors could
+    be loaded: that is a different architecture, not a partial load.
+    """
+    obj = load_file(path, trust)
+    state, fmt = extract_state_dict(obj, str(path))
+    net_state, normalizer = _canonical(state)
+    target = model.net.state_dict()
+    report = LoadReport(source=str(path), format=fmt)
+    to_load = {}
+    for key, value in net_state.items():
+        if key.startswith("__top__."):
+            continue
+        if key not in target:
+            report.unexpected.append(key)
+        elif target[key].shape != value.shape:
+            report.reinitialized.append(key)
+        else:
+            to_load[key] = value
+    report.missing = [k for k in target if k not in net_state]
+    n_params = len(target)
+    if len(to_load) < min_fraction * n_params:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: only {len(to_load)} of its {n_params} tensors match by name "
+            f"and shape (first unmatched: {_short(report.unexpected or report.reinitialized or report.missing, 3)}). "
+            "Choose the architecture the checkpoint was trained with (--set model=...)")
+    model.net.load_state_dict(to_load, strict=False)
+    mean, std = normalizer.get("new_mean", normalizer.get("mean")), normalizer.get("new_std", normalizer.get("std"))
+    if mean is not None and std is not None and mean.numel() == model.normalize.mean.numel():
+        with torch.no_grad():
+            model.normalize.mean.copy_(mean.view_as(model.normalize.mean))
+            model.normalize.std.copy_(std.view_as(model.normalize.std))
+        report.normalizer = True
+    report.loaded = list(to_load)
+    return report

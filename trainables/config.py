@@ -1,0 +1,343 @@
+"""One trial's whole configuration: a frozen, validated dataclass.
+
+Every field maps one to one onto a YAML key and onto a `--set key=value` override, and every
+searched hyperparameter of a study is one of these fields. Units are given in each field's doc.
+Epsilons are in pixel units of images scaled to [0, 1]; ``"8/255"`` is accepted and parsed as a
+fraction (never evaluated as code).
+
+Example::
+
+    >>> cfg = TrialConfig(eval_eps="8/255", peak_lr=0.1)
+    >>> round(cfg.eval_eps, 5)
+    0.03137
+    >>> cfg.train_eps_value == cfg.eval_eps
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = ["ConfigError", "TrialConfig", "parse_eps", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the field and the fix."""
+
+
+ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd", "free")
+SCHEDULES = ("sfd", "cyclic", "piecewise", "cosine", "constant")
+ACTIVATIONS = ("relu", "silu", "gelu", "softplus", "elu", "psoftplus")
+SCOPES = ("full", "head", "last_block")
+NORMS = ("linf", "l2")
+
+
+def parse_eps(value: Any, name: str = "eps") -> float:
+    """Parse an epsilon given as a number or a fraction string like ``"8/255"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is not a number; write e.g. 0.03 or \"8/255\"")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{name}={value!r} is not a number or fraction; write e.g. 0.03 or \"8/255\"")
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Configuration of one adversarial fine-tuning trial. Defaults are the embedded default:
+    scikit-learn's digits, the small CNN pretrained naturally (``auto``), PGD training at
+    linf 0.2 (epsilon ramped over the first 30%), the ``sfd`` schedule peaking at 0.02, 8 epochs."""
+
+    # --- data -----------------------------------------------------------------------------
+    dataset: str = _f("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder")
+    data_root: str | None = _f(None, "folder holding the dataset files (not needed for digits)")
+    download: bool = _f(False, "allow torchvision to download CIFAR (never done unless true)")
+    image_size: int | None = _f(None, "imagefolder only: side of the centre crop, pixels")
+    val_size: float = _f(0.2, "validation split carved from train: fraction in (0,1) or a count of images")
+    split_seed: int = _f(0, "seed of the train/val split; fixed per study so all trials share one val set")
+    batch_size: int = _f(128, "training batch size, images")
+    eval_batch_size: int = _f(512, "batch size for validation and evaluation, images")
+    augment: str = _f("auto", "auto | none | crop_flip (auto: crop_flip for CIFAR, none otherwise)")
+
+    # --- model and starting point -----------------------------------------------------------
+    model: str = _f("small_cnn", "small_cnn | preact_resnet18 | wrn-D-W | tv:<torchvision name>")
+    activation: str = _f("relu", "relu | silu | gelu | softplus | elu | psoftplus (every ReLU is swapped)")
+    pretrained: str | None = _f("auto", "checkpoint path | torchvision:DEFAULT | auto (natural pretraining, cached) | none")
+    trust_checkpoint: bool = _f(False, "allow full unpickling of `pretrained` (runs code in the file: trusted files only)")
+    pretrain_epochs: int = _f(15, "epochs of natural training when pretrained=auto")
+    pretrain_lr: float = _f(0.05, "peak LR of natural pretraining (cosine schedule)")
+
+    # --- threat model (fixed per study) ------------------------------------------------------
+    norm: str = _f("linf", "linf | l2")
+    eval_eps: float = _f(0.2, "evaluation epsilon, pixel units in [0,1] (\"8/255\" accepted)")
+    val_steps: int = _f(10, "PGD steps of the validation attack")
+    val_restarts: int = _f(1, "random restarts of the validation attack")
+    val_step_size: float | None = _f(None, "validation PGD step, pixel units; default 2.5*eval_eps/val_steps")
+
+    # --- training attack ----------------------------------------------------------------------
+    attack: str = _f("pgd", "none | fgsm | fgsm_rs | pgd | free")
+    train_eps: float | None = _f(None, "training epsilon, pixel units; default eval_eps")
+    train_steps: int = _f(7, "PGD steps of the training attack")
+    train_step_size: float | None = _f(None, "training step, pixel units; default pgd 2.5*eps/k, fgsm_rs 1.25*eps, fgsm/free eps")
+    free_replays: int = _f(4, "free AT: replays m of each minibatch")
+    eps_ramp: float = _f(0.3, "fraction of training over which train_eps ramps linearly up from 0")
+    attack_bn_mode: str = _f("eval", "BatchNorm mode while crafting training attacks: eval | train")
+    loss: str = _f("ce", "ce (Madry) | trades (Zhang et al.)")
+    trades_beta: float = _f(6.0, "TRADES robustness weight")
+
+    # --- schedule -------------------------------------------------------------------------------
+    schedule: str = _f("sfd", "sfd | cyclic | piecewise | cosine | constant")
+    peak_lr: float = _f(0.02, "peak learning rate (for batch_size images)")
+    warmup: float = _f(0.1, "sfd/cosine: fraction of training spent ramping up to peak_lr")
+    warmup_shape: str = _f("linear", "sfd: linear | cosine ramp")
+    start_factor: float = _f(0.1, "sfd: LR at t=0 as a fraction of peak_lr")
+    decay_rate: float = _f(3.0, "sfd: exponential decay rate over the post-warmup part (LR falls by e^-rate)")
+    min_lr: float = _f(0.0, "sfd/cosine: floor of the LR")
+    peak_at: float = _f(0.4, "cyclic: fraction of training at which the triangle peaks")
+    milestones: tuple[float, ...] = _f((0.5, 0.75), "piecewise: fractions of training where the LR drops")
+    gamma: float = _f(0.1, "piecewise: factor of each drop")
+
+    # --- optimizer ------------------------------------------------------------------------------
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(False, "Nesterov momentum")
+    weight_decay: float = _f(5e-4, "L2 weight decay (not applied to BatchNorm and biases)")
+    finetune_scope: str = _f("full", "full | head | last_block: which parameters train")
+    backbone_lr_mult: float = _f(1.0, "LR multiplier of the backbone (everything but the head)")
+
+    # --- run --------------------------------------------------------------------------------------
+    epochs: int = _f(8, "training epochs (full passes over the train split)")
+    evals_per_epoch: int = _f(1, "validations (and checkpoints, reports) per epoch")
+    seed: int = _f(0, "seed of initialisation, data order and attack noise")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    amp: str = _f("auto", "auto | off | bf16 | fp16 (auto: bf16 on CUDA where supported, off on CPU)")
+    channels_last: str = _f("auto", "auto | on | off (auto: on for CUDA)")
+    co_guard: bool = _f(True, "FGSM training: stop on catastrophic overfitting")
+    co_gap: float = _f(0.3, "catastrophic overfitting: FGSM minus PGD accuracy on a train batch that trips the guard")
+    co_drop: float = _f(0.2, "catastrophic overfitting: drop of PGD train-batch accuracy below its best that trips the guard")
+
+    # ------------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass coercion
+        for name in ("eval_eps", "train_eps", "val_step_size", "train_step_size"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(name, parse_eps(value, name))
+        if isinstance(self.val_size, str):
+            set_("val_size", parse_eps(self.val_size, "val_size"))
+        if isinstance(self.milestones, (list, tuple)):
+            set_("milestones", tuple(float(m) for m in self.milestones))
+        for f in fields(self):
+            set_(f.name, _coerce(f, getattr(self, f.name)))
+        _validate(self)
+
+    # derived values (not stored: they follow from the fields) --------------------------------------
+    @property
+    def train_eps_value(self) -> float:
+        """Training epsilon, pixel units (defaults to eval_eps)."""
+        return self.eval_eps if self.train_eps is None else self.train_eps
+
+    @property
+    def val_step_value(self) -> float:
+        return self.val_step_size if self.val_step_size is not None else 2.5 * self.eval_eps / self.val_steps
+
+    # (de)serialisation -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["milestones"] = list(self.milestones)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrialConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            key = unknown[0]
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else "; see `advtune train --help-config`"
+            raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrialConfig":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
+            data = data["config"]  # an `advtune export` entry: its config is under `config`
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of key: value, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data, source=str(path))
+        except ConfigError as exc:
+            msg = str(exc)
+            raise ConfigError(msg if str(path) in msg else f"{path}: {msg}") from None
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def with_overrides(self, overrides: list[str]) -> "TrialConfig":
+        """Apply ``key=value`` strings (values parsed as YAML scalars)."""
+        return self.from_dict({**self.to_dict(), **parse_overrides(overrides)}, source="--set")
+
+    @classmethod
+    def field_docs(cls) -> str:
+        lines = []
+        for f in fields(cls):
+            lines.append(f"  {f.name:<18} {f.default!r:<14} {f.metadata.get('doc', '')}")
+        return "\n".join(lines)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["peak_lr=0.1", "eval_eps=8/255"]`` → ``{"peak_lr": 0.1, "eval_eps": "8/255"}``."""
+    out: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}' (e.g. --set peak_lr=0.1)")
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+_FIELD_TYPES = {f.name: f.type for f in fields(TrialConfig)}
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Coerce YAML/CLI scalars to the field's type; reject what cannot be coerced."""
+    kind = str(f.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"config field '{f.name}' must not be empty (expected {kind}); default is {f.default!r}")
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise ConfigError(f"config field '{f.name}' = {value!r} is not a boolean; write true or false")
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"config field '{f.name}' = {value!r} is not an integer")
+        return int(value)
+    if kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                return parse_eps(value, f.name)
+            except ConfigError:
+                raise ConfigError(f"config field '{f.name}' = {value!r} is not a number") from None
+        return float(value)
+    if kind.startswith("str"):
+        if not isinstance(value, str):
+            if f.name == "pretrained" and value is False:
+                return None
+            raise ConfigError(f"config field '{f.name}' = {value!r} is not a string")
+        return value
+    return value
+
+
+def _choice(cfg: TrialConfig, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in allowed:
+        near = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"config field '{name}' = {value!r} is not allowed: choose one of {', '.join(allowed)}{hint}")
+
+
+def _range(cfg: TrialConfig, name: str, lo: float, hi: float, lo_open: bool = False,
+           hi_open: bool = False, unit: str = "") -> None:
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        left = "<" if lo_open else "<="
+        right = "<" if hi_open else "<="
+        hi_txt = "inf" if math.isinf(hi) else f"{hi:g}"
+        raise ConfigError(f"config field '{name}' = {value!r} is out of range: expected {lo:g} {left} {name} {right} {hi_txt}{unit}")
+
+
+def _validate(cfg: TrialConfig) -> None:
+    from .data import DATASETS  # local import: data pulls in torch, config should stay light
+
+    _choice(cfg, "dataset", DATASETS)
+    _choice(cfg, "activation", ACTIVATIONS)
+    _choice(cfg, "norm", NORMS)
+    _choice(cfg, "attack", ATTACKS)
+    _choice(cfg, "schedule", SCHEDULES)
+    _choice(cfg, "finetune_scope", SCOPES)
+    _choice(cfg, "attack_bn_mode", ("eval", "train"))
+    _choice(cfg, "loss", ("ce", "trades"))
+    _choice(cfg, "warmup_shape", ("linear", "cosine"))
+    _choice(cfg, "amp", ("auto", "off", "bf16", "fp16"))
+    _choice(cfg, "channels_last", ("auto", "on", "off"))
+    _choice(cfg, "augment", ("auto", "none", "crop_flip"))
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"config field 'device' = {cfg.device!r} is not allowed: choose auto, cpu, cuda or cuda:N")
+    eps_hint = " (pixel units of images in [0,1]; write 8/255 for 8 gray levels)"
+    eps_hi = 1.0 if cfg.norm == "linf" else 1e3
+    _range(cfg, "eval_eps", 0, eps_hi, lo_open=True, unit=eps_hint)
+    _range(cfg, "train_eps", 0, eps_hi, unit=eps_hint)
+    _range(cfg, "val_step_size", 0, eps_hi, lo_open=True)
+    _range(cfg, "train_step_size", 0, eps_hi, lo_open=True)
+    if cfg.val_size <= 0 or (cfg.val_size >= 1 and not float(cfg.val_size).is_integer()):
+        raise ConfigError(f"config field 'val_size' = {cfg.val_size!r} is out of range: a fraction in (0,1) or a whole number of images")
+    for name, lo in (("batch_size", 1), ("eval_batch_size", 1), ("val_steps", 1), ("val_restarts", 1),
+                     ("train_steps", 1), ("free_replays", 1), ("epochs", 1), ("evals_per_epoch", 1),
+                     ("pretrain_epochs", 0)):
+        _range(cfg, name, lo, math.inf)
+    if cfg.image_size is not None:
+        _range(cfg, "image_size", 8, 1024)
+    _range(cfg, "peak_lr", 0, math.inf, lo_open=True)
+    _range(cfg, "pretrain_lr", 0, math.inf, lo_open=True)
+    _range(cfg, "warmup", 0, 1, hi_open=True)
+    _range(cfg, "start_factor", 0, 1)
+    _range(cfg, "decay_rate", 0, 100)
+    _range(cfg, "min_lr", 0, cfg.peak_lr)
+    _range(cfg, "peak_at", 0, 1, lo_open=True, hi_open=True)
+    _range(cfg, "gamma", 0, 1, lo_open=True)
+    _range(cfg, "eps_ramp", 0, 1, hi_open=True)
+    _range(cfg, "trades_beta", 0, 100)
+    _range(cfg, "momentum", 0, 1, hi_open=True)
+    _range(cfg, "weight_decay", 0, 1)
+    _range(cfg, "backbone_lr_mult", 0, 100)
+    _range(cfg, "co_gap", 0, 1)
+    _range(cfg, "co_drop", 0, 1)
+    if any(not 0 < m < 1 for m in cfg.milestones) or list(cfg.milestones) != sorted(cfg.milestones):
+        raise ConfigError(f"config field 'milestones' = {list(cfg.milestones)} must be increasing fractions in (0,1), e.g. [0.5, 0.75]")
+    if cfg.dataset == "imagefolder" and not cfg.data_root:
+        raise ConfigError("dataset 'imagefolder' needs data_root: --set data_root=PATH (a folder with train/<class>/*.jpg)")
+    if cfg.loss == "trades" and cfg.attack not in ("pgd", "none"):
+        raise ConfigError(f"loss 'trades' crafts its own KL attack with PGD; set attack=pgd (got attack={cfg.attack!r})")

@@ -1,0 +1,321 @@
+"""The trial: adversarial fine-tuning of one configuration, ``run(config, reporter)``.
+
+Ray-agnostic: it talks only to a reporter. Per validation point (``evals_per_epoch`` per epoch) it
+reports ``epoch, lr, train_loss, train_acc, clean_acc, robust_acc, best_robust_acc, train_eps,
+grad_passes, epoch_seconds`` (+ ``status``, ``stop_reason`` and guard figures) with a checkpoint
+folder holding ``last.pt`` (to resume) and ``best.pt`` (best robust validation accuracy).
+
+Cost unit: ``grad_passes`` counts forward+backward passes of single images during training
+(natural step: 1 per image; PGD-k: k+1; FGSM-RS: 2; free: 1 per replay; TRADES: k+2).
+Validation is not counted: it is the same for every trial of a study.
+
+Reproducibility: model init, data order and augmentation derive from ``seed``; the attack-noise
+RNG state is saved in every checkpoint; evaluation uses its own fixed RNG. A run resumed from any
+checkpoint therefore ends with the same metrics as an uninterrupted run (on CPU).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import attacks
+from .checkpoints import FORMAT, CheckpointError, load_file, save_atomic, versions
+from .config import TrialConfig
+from .evaluate import evaluate_pgd, fixed_rng
+from .loader import iterate, num_batches, to_device
+from .reporting import Reporter
+from .schedules import eps_at, schedule_from_config
+from .setup import amp_dtype, frozen_modules, param_groups, prepare
+
+__all__ = ["run", "TrialStopped"]
+
+
+class TrialStopped(Exception):
+    """Raised inside the loop to end a trial early with a status (diverged, catastrophic overfitting)."""
+
+
+def _train_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype, state: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One minibatch of adversarial training. Returns (summed loss, correct count, grad passes)."""
+    bs = y.shape[0]
+    autocast = lambda: torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)  # noqa: E731
+    common = dict(norm=cfg.norm, bn_mode=cfg.attack_bn_mode, amp_dtype=dtype)
+    passes = 1
+    if cfg.loss == "trades":
+        with torch.no_grad(), autocast():
+            clean_probs = F.softmax(model(x).float(), 1)
+        x_adv = attacks.pgd(model, x, clean_probs, eps, steps=cfg.train_steps, step=cfg.train_step_size,
+                            loss_fn=attacks.trades_kl, **common) if eps > 0 else x
+        with autocast():
+            logits_clean, logits_adv = model(x), model(x_adv)
+        loss = F.cross_entropy(logits_clean.float(), y) + cfg.trades_beta * attacks.trades_kl(logits_adv, F.softmax(
+            logits_clean.float(), 1)) / bs
+        passes = cfg.train_steps + 2
+        logits = logits_adv
+    else:
+        if cfg.attack == "none" or eps == 0:
+            x_adv = x
+        elif cfg.attack == "fgsm":
+            x_adv, passes = attacks.fgsm(model, x, y, eps, step=cfg.train_step_size, **common), 2
+        elif cfg.attack == "fgsm_rs":
+            x_adv, passes = attacks.fgsm_rs(model, x, y, eps, step=cfg.train_step_size, **common), 2
+        else:
+            x_adv = attacks.pgd(model, x, y, eps, steps=cfg.train_steps, step=cfg.train_step_size, **common)
+            passes = cfg.train_steps + 1
+        with autocast():
+            logits = model(x_adv)
+        loss = F.cross_entropy(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach() * bs, (logits.detach().argmax(1) == y).sum(), passes * bs
+
+
+def _free_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype, state: dict, set_lr) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Free adversarial training (Shafahi et al. 2019): replay the minibatch ``m`` times; each
+    replay's one backward pass updates both the weights and the perturbation, which is carried
+    over to the next minibatch."""
+    delta = state.get("free_delta")
+    if delta is None or delta.shape[1:] != x.shape[1:]:
+        delta = torch.zeros_like(x[:1]).expand_as(x).clone()
+    delta = delta[: x.shape[0]] if delta.shape[0] >= x.shape[0] else torch.cat(
+        [delta, torch.zeros_like(x[: x.shape[0] - delta.shape[0]])])
+    step = eps if cfg.train_step_size is None else cfg.train_step_size
+    loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device, dtype=torch.long)
+    for _ in range(cfg.free_replays):
+        set_lr()
+        delta = attacks.project(delta, x, eps, cfg.norm).requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x + delta)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        grad = delta.grad.detach()
+        scaler.step(opt)
+        scaler.update()
+        delta = attacks.project(delta.detach() + step * attacks.step_direction(grad, cfg.norm), x, eps, cfg.norm)
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        state["step"] += 1
+    state["free_delta"] = delta.detach()
+    n = cfg.free_replays
+    return loss_sum / n, torch.div(correct, n, rounding_mode="floor"), n * y.shape[0]
+
+
+def _co_check(cfg: TrialConfig, model, batch, eps: float, dtype) -> tuple[float, float]:
+    """FGSM and PGD-10 accuracy on a fixed training batch (Wong et al.'s overfitting signal)."""
+    x, y = batch
+    with fixed_rng(12345, x.device):
+        xf = attacks.fgsm(model, x, y, eps, cfg.norm, amp_dtype=dtype)
+        xp = attacks.pgd(model, x, y, eps, cfg.norm, steps=10, amp_dtype=dtype)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            fgsm_acc = (model(xf).argmax(1) == y).float().mean().item()
+            pgd_acc = (model(xp).argmax(1) == y).float().mean().item()
+        model.train(was)
+    return fgsm_acc, pgd_acc
+
+
+def _segments(n_batches: int, per_epoch: int) -> list[int]:
+    """Batch indices (exclusive ends) at which an epoch's validations happen."""
+    return sorted({max(1, round(n_batches * (i + 1) / per_epoch)) for i in range(per_epoch)})
+
+
+def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None = None,
+        progress: bool = False) -> dict[str, Any]:
+    """Train ``config`` to the end (or until stopped), reporting to ``reporter``. Resumes from a
+    checkpoint folder or ``last.pt`` given as ``resume_from``. Returns a summary dict."""
+    cfg = config
+    prep = prepare(cfg)
+    device, model = prep.device, prep.model
+    train_split = to_device(prep.splits.train, device)
+    val_split = to_device(prep.splits.val, device)
+    dtype = amp_dtype(cfg, device)
+    if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
+        model = model.to(device, memory_format=torch.channels_last)
+    else:
+        model = model.to(device)
+    groups = param_groups(model, cfg)
+    frozen = frozen_modules(model)
+    opt = torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    schedule = schedule_from_config(cfg)
+    n_batches = num_batches(train_split, cfg.batch_size)
+    steps_per_batch = cfg.free_replays if cfg.attack == "free" else 1
+    total_steps = cfg.epochs * n_batches * steps_per_batch
+    seg_ends = _segments(n_batches, cfg.evals_per_epoch)
+    select_key = "clean_acc" if cfg.attack == "none" else "robust_acc"
+    fgsm_based = cfg.attack in ("fgsm", "fgsm_rs") and cfg.co_guard
+    co_batch = None
+    if fgsm_based:
+        x_all, y_all = next(iterate(train_split, 512, device))
+        co_batch = (x_all, y_all)
+
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "grad_passes": 0, "best": -1.0,
+                             "best_metrics": None, "history": [], "co_best_pgd": -1.0, "free_delta": None}
+    work = Path(tempfile.mkdtemp(prefix="advtune-trial-"))
+    if resume_from is not None:
+        _restore(resume_from, cfg, model, opt, scaler, state, work)
+
+    def set_lr() -> float:
+        t = state["step"] / total_steps
+        lr = schedule(t)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        return lr
+
+    status, stop_reason = "running", ""
+    try:
+        while state["epoch"] < cfg.epochs and status == "running":
+            epoch = state["epoch"]
+            seg_start = state["batch"]
+            seg_end = next(e for e in seg_ends if e > seg_start)
+            t0 = time.perf_counter()
+            model.train()
+            for m in frozen:
+                m.eval()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            batches = iterate(train_split, cfg.batch_size, device, seed=cfg.seed, epoch=epoch, start=seg_start,
+                              augment=prep.augment, num_workers=0)
+            if progress:
+                from tqdm import tqdm
+
+                batches = tqdm(batches, total=seg_end - seg_start, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                               unit="batch", leave=False)
+            eps = 0.0
+            for b, (x, y) in zip(range(seg_start, seg_end), batches):
+                t = state["step"] / total_steps
+                eps = eps_at(t, cfg.train_eps_value, cfg.eps_ramp) if cfg.attack != "none" else 0.0
+                if cfg.attack == "free":
+                    lsum, corr, passes = _free_step(cfg, model, opt, scaler, x, y, eps, dtype, state, set_lr)
+                else:
+                    set_lr()
+                    lsum, corr, passes = _train_step(cfg, model, opt, scaler, x, y, eps, dtype, state)
+                    state["step"] += 1
+                loss_sum += lsum
+                correct += corr
+                seen += y.shape[0]
+                state["grad_passes"] += passes
+                # On CPU a finiteness check costs nothing; on GPU it is a sync, so every 25 batches.
+                if (device.type == "cpu" or b % 25 == 0) and not torch.isfinite(lsum):
+                    status, stop_reason = "diverged", f"training loss became {lsum.item()} at epoch {epoch + 1}, batch {b}"
+                    break
+            if hasattr(batches, "close"):
+                batches.close()
+            state["batch"] = seg_end if status == "running" else b + 1
+            if status == "running" and not math.isfinite(loss_sum.item()):
+                status, stop_reason = "diverged", f"training loss became {loss_sum.item()} in epoch {epoch + 1}"
+            lr_now = schedule(min(state["step"] / total_steps, 1.0))
+            metrics = _validate(cfg, model, val_split, device, dtype, final=state["epoch"] + 1 >= cfg.epochs
+                                and state["batch"] >= n_batches) if status == "running" else \
+                {"clean_acc": 0.0, "robust_acc": 0.0}
+            if fgsm_based and status == "running" and eps > 0:
+                fgsm_acc, pgd_acc = _co_check(cfg, model, co_batch, eps, dtype)
+                metrics.update(co_fgsm_acc=fgsm_acc, co_pgd_acc=pgd_acc)
+                if fgsm_acc - pgd_acc > cfg.co_gap or pgd_acc < state["co_best_pgd"] - cfg.co_drop:
+                    status = "catastrophic_overfitting"
+                    stop_reason = (f"catastrophic overfitting at epoch {epoch + 1}: on a training batch FGSM accuracy "
+                                   f"{fgsm_acc:.2f} vs PGD-10 {pgd_acc:.2f} (best PGD {max(state['co_best_pgd'], 0):.2f})")
+                state["co_best_pgd"] = max(state["co_best_pgd"], pgd_acc)
+            if state["batch"] >= n_batches:
+                state["epoch"], state["batch"] = epoch + 1, 0
+            progress_epochs = state["epoch"] + state["batch"] / n_batches
+            metrics.update(
+                epoch=progress_epochs if cfg.evals_per_epoch > 1 else int(round(progress_epochs)),
+                lr=lr_now, train_loss=(loss_sum / max(seen, 1)).item(), train_acc=correct.item() / max(seen, 1),
+                train_eps=eps, grad_passes=state["grad_passes"], epoch_seconds=time.perf_counter() - t0)
+            if status == "running" and state["epoch"] >= cfg.epochs:
+                status = "completed"
+            ckpt_dir = None
+            if status != "diverged":  # a diverged model is never checkpointed: the last good one stays
+                improved = metrics[select_key] > state["best"]
+                if improved:
+                    state["best"] = metrics[select_key]
+                    state["best_metrics"] = {k: metrics[k] for k in ("epoch", "clean_acc", "robust_acc")}
+                    save_atomic(_best_payload(cfg, model, metrics), work / "best.pt")
+                ckpt_dir = _checkpoint_dir(cfg, model, opt, scaler, state, work, metrics)
+            metrics.update(best_robust_acc=max(state["best"], 0.0) if select_key == "robust_acc" else
+                           (state["best_metrics"] or {}).get("robust_acc", 0.0),
+                           best_clean_acc=(state["best_metrics"] or {}).get("clean_acc", 0.0),
+                           best_epoch=(state["best_metrics"] or {}).get("epoch", 0),
+                           status=status, stop_reason=stop_reason)
+            if ckpt_dir is not None:
+                state["history"].append(metrics)
+                _write_last(cfg, model, opt, scaler, state, ckpt_dir)
+            reporter.report(metrics, ckpt_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"status": status, "stop_reason": stop_reason, "best": state["best_metrics"],
+            "grad_passes": state["grad_passes"], "epochs_run": state["epoch"]}
+
+
+def _validate(cfg: TrialConfig, model, val_split, device, dtype, final: bool) -> dict[str, float]:
+    if cfg.attack == "none" and not final:  # natural (pre)training: robust accuracy only at the end
+        res = evaluate_pgd(model, val_split, cfg.norm, cfg.eval_eps, steps=1, restarts=1, batch_size=cfg.eval_batch_size,
+                           device=device, amp_dtype=dtype)
+        return {"clean_acc": res.clean_acc, "robust_acc": float("nan")}
+    res = evaluate_pgd(model, val_split, cfg.norm, cfg.eval_eps, steps=cfg.val_steps, restarts=cfg.val_restarts,
+                       step=cfg.val_step_value, batch_size=cfg.eval_batch_size, device=device, amp_dtype=dtype)
+    return {"clean_acc": res.clean_acc, "robust_acc": res.robust_acc}
+
+
+def _best_payload(cfg: TrialConfig, model, metrics: dict) -> dict:
+    return {"format": FORMAT, "kind": "best", "config": cfg.to_dict(), "versions": versions(),
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+
+
+def _checkpoint_dir(cfg, model, opt, scaler, state, work: Path, metrics) -> str:
+    d = Path(tempfile.mkdtemp(prefix="advtune-ckpt-"))
+    if (work / "best.pt").exists():
+        shutil.copyfile(work / "best.pt", d / "best.pt")
+    return str(d)
+
+
+def _write_last(cfg, model, opt, scaler, state, ckpt_dir: str) -> None:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    progress = {k: state[k] for k in ("epoch", "batch", "step", "grad_passes", "best", "co_best_pgd")}
+    payload = {"format": FORMAT, "kind": "last", "config": cfg.to_dict(), "versions": versions(),
+               "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+               "progress": progress, "best_metrics": state["best_metrics"], "history": state["history"],
+               "rng": rng, "free_delta": state["free_delta"].cpu() if state["free_delta"] is not None else None}
+    save_atomic(payload, Path(ckpt_dir) / "last.pt")
+
+
+def _restore(source: str | Path, cfg: TrialConfig, model, opt, scaler, state: dict, work: Path) -> None:
+    source = Path(source)
+    last_path = source / "last.pt" if source.is_dir() else source
+    payload = load_file(last_path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") != "last":
+        raise CheckpointError(f"{last_path} is not an advtune last.pt checkpoint; resume needs the last.pt a trial wrote")
+    saved = TrialConfig.from_dict(payload["config"])
+    if saved.replace(device=cfg.device) != cfg:
+        diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items() if cfg.to_dict()[k] != v and k != "device"}
+        raise CheckpointError(f"{last_path} was written by a different config (differs in {diff}); resume with the "
+                              "config the checkpoint holds")
+    model.load_state_dict(payload["model"])
+    opt.load_state_dict(payload["optimizer"])
+    scaler.load_state_dict(payload["scaler"])
+    state.update(payload["progress"])
+    state["best_metrics"] = payload["best_metrics"]
+    state["history"] = list(payload["history"])
+    if payload.get("free_delta") is not None:
+        state["free_delta"] = payload["free_delta"].to(next(model.parameters()).device)
+    torch.set_rng_state(payload["rng"]["cpu"])
+    if "cuda" in payload["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    best = last_path.parent / "best.pt"
+    if best.exists():
+        shutil.copyfile(best, work / "best.pt")

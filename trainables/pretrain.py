@@ -1,0 +1,59 @@
+"""Natural pretraining: the starting point when none is given (``pretrained: auto``).
+
+It is the same training loop with ``attack: none`` and a cosine schedule, so there is one code
+path that trains. The result is cached under ``$ADVTUNE_CACHE`` (default ``~/.cache/advtune``)
+keyed by what determines it (data, split, model, epochs, LR, batch size), never by the trial's own
+seed or searched hyperparameters: every trial of a study starts from the same weights.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .config import TrialConfig
+
+__all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained"]
+
+_KEY_FIELDS = ("dataset", "data_root", "image_size", "val_size", "split_seed", "model", "pretrain_epochs",
+               "pretrain_lr", "batch_size", "augment")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ADVTUNE_CACHE", Path.home() / ".cache" / "advtune"))
+
+
+def pretrain_config(cfg: TrialConfig) -> TrialConfig:
+    """The natural-training config that makes ``cfg``'s starting point."""
+    return cfg.replace(attack="none", pretrained="none", activation="relu", schedule="cosine", warmup=0.0,
+                       min_lr=0.0, peak_lr=cfg.pretrain_lr, epochs=max(cfg.pretrain_epochs, 1), seed=0,
+                       finetune_scope="full", backbone_lr_mult=1.0, eps_ramp=0.0, evals_per_epoch=1,
+                       loss="ce", train_eps=None)
+
+
+def cached_path(cfg: TrialConfig) -> Path:
+    key = {k: getattr(cfg, k) for k in _KEY_FIELDS}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"{cfg.dataset}-{cfg.model.replace(':', '_')}-{digest}"
+    return cache_dir() / "pretrained" / name / "best.pt"
+
+
+def ensure_pretrained(cfg: TrialConfig, progress: bool = False) -> Path:
+    """Path of the naturally pretrained model for ``cfg``, training it once if not cached.
+    Concurrent trials wait on a file lock instead of training it twice."""
+    path = cached_path(cfg)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            from . import finetune
+            from .reporting import LocalReporter
+
+            pcfg = pretrain_config(cfg)
+            reporter = LocalReporter(path.parent, echo=progress, keep_last=False)
+            finetune.run(pcfg, reporter, progress=progress)
+    return path
