@@ -17,7 +17,6 @@ import os
 import pickle
 import platform
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,17 +76,34 @@ def load_file(path: str | Path, trust: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if not trust and "weights_only" in str(exc):
+        # The weights-only unpickler wraps every failure in the same "Weights only load failed"
+        # text; only a refused global/reduce/build means "Python objects", anything else (an unknown
+        # opcode, say) is a corrupt file, for which --trust-checkpoint would be the wrong advice.
+        reason = _unpickler_reason(str(exc))
+        if not trust and any(marker in reason for marker in _REFUSED_OBJECT_MARKERS):
             raise CheckpointError(
                 f"checkpoint {path} holds Python objects beyond tensors, which only a full unpickle can load — and "
                 f"unpickling runs any code the file contains. It was refused. If you trust where this file comes from, "
-                f"pass --trust-checkpoint (or --set trust_checkpoint=true). Detail: {str(exc).splitlines()[0]}") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({exc}); use another copy") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ImportError,
-            ModuleNotFoundError, TypeError, IndexError, KeyError) as exc:
+                f"pass --trust-checkpoint (or --set trust_checkpoint=true). Detail: {reason}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint ({reason}); "
+                              "use another copy of the file") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file can fail anywhere (struct.error, KeyError, ...)
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint ({detail}); "
                               "use another copy of the file") from None
+
+
+_REFUSED_OBJECT_MARKERS = ("GLOBAL ", "add_safe_globals", "call reduce")
+
+
+def _unpickler_reason(message: str) -> str:
+    """The informative part of a weights-only unpickler error (the rest is boilerplate)."""
+    _, found, after = message.partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in (after if found else message).splitlines() if ln.strip()]
+    for ln in lines:
+        if not ln.startswith(("Weights only load failed", "Please file an issue", "Check the documentation")):
+            return ln
+    return lines[0] if lines else "unpickling failed"
 
 
 @dataclass

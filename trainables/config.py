@@ -140,8 +140,7 @@ class TrialConfig:
                 set_(name, parse_eps(value, name))
         if isinstance(self.val_size, str):
             set_("val_size", parse_eps(self.val_size, "val_size"))
-        if isinstance(self.milestones, (list, tuple)):
-            set_("milestones", tuple(float(m) for m in self.milestones))
+        set_("milestones", _milestones(self.milestones))
         for f in fields(self):
             set_(f.name, _coerce(f, getattr(self, f.name)))
         _validate(self)
@@ -266,6 +265,18 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             raise ConfigError(f"config field '{f.name}' = {value!r} is not a string")
         return value
     return value
+
+
+def _milestones(value: Any) -> tuple[float, ...]:
+    """A list of fractions (a single number is a one-element list); anything else is a ConfigError."""
+    items = [value] if isinstance(value, (int, float, str)) else value
+    if isinstance(items, (list, tuple)):
+        try:
+            return tuple(parse_eps(m, "milestones") for m in items)
+        except ConfigError:
+            pass
+    raise ConfigError(f"config field 'milestones' = {value!r} must be a list of increasing fractions in (0,1), "
+                      "e.g. [0.5, 0.75]")
 
 
 def _choice(cfg: TrialConfig, name: str, allowed: tuple[str, ...]) -> None:

@@ -173,6 +173,13 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
         return lr
 
     status, stop_reason = "running", ""
+    if state["history"] and (state["epoch"] >= cfg.epochs or state["history"][-1]["status"] != "running"):
+        # Resumed after it had ended (e.g. the driver died before hearing of it): say it again.
+        final = state["history"][-1]
+        reporter.report(final, None)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"status": final["status"], "stop_reason": final["stop_reason"], "best": state["best_metrics"],
+                "grad_passes": state["grad_passes"], "epochs_run": state["epoch"]}
     try:
         while state["epoch"] < cfg.epochs and status == "running":
             epoch = state["epoch"]

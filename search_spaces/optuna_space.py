@@ -1,0 +1,56 @@
+"""A :class:`~search_spaces.schema.SearchSpace` as an Optuna define-by-run function.
+
+Example (no Ray needed)::
+
+    >>> import optuna
+    >>> from search_spaces import load_space, define_by_run
+    >>> space = load_space("attack")
+    >>> study = optuna.create_study(direction="maximize")
+    >>> trial = study.ask()
+    >>> params = define_by_run(space)(trial) or trial.params
+    >>> "attack" in params
+    True
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from trainables.config import TrialConfig
+
+from .schema import Param, SearchSpace
+
+__all__ = ["define_by_run", "suggest", "trial_config"]
+
+
+def suggest(trial: Any, p: Param) -> Any:
+    if p.kind == "categorical":
+        return trial.suggest_categorical(p.name, list(p.choices))
+    if p.kind == "int":
+        return trial.suggest_int(p.name, int(p.low), int(p.high), step=p.step or 1, log=p.log)
+    return trial.suggest_float(p.name, float(p.low), float(p.high), log=p.kind == "loguniform")
+
+
+class DefineByRun:
+    """Optuna define-by-run function (picklable, so Tune can snapshot the searcher): suggests each
+    parameter whose ``when`` holds, in file order. Conditions see the study's fixed values (base
+    config + space ``base``) and earlier choices."""
+
+    def __init__(self, space: SearchSpace, base_cfg: TrialConfig | None = None) -> None:
+        self.space = space
+        self.context = (base_cfg or TrialConfig()).replace(**space.base).to_dict()
+
+    def __call__(self, trial: Any) -> None:
+        values = dict(self.context)
+        for p in self.space.params:
+            if p.active(values):
+                values[p.name] = suggest(trial, p)
+        return None
+
+
+def define_by_run(space: SearchSpace, base_cfg: TrialConfig | None = None) -> Callable[[Any], None]:
+    return DefineByRun(space, base_cfg)
+
+
+def trial_config(base_cfg: TrialConfig, space: SearchSpace, params: dict[str, Any]) -> TrialConfig:
+    """The full trial config: study base ← space base ← the trial's searched values."""
+    return base_cfg.replace(**space.base, **params)

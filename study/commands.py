@@ -1,0 +1,192 @@
+"""`advtune run | resume | status | export`: the study commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .errors import StudyError
+
+__all__ = ["register", "cmd_run", "cmd_resume", "cmd_status", "cmd_export"]
+
+
+def _prepare_pretrained(spec, study_dir: Path):
+    """Pretrain once in the driver and put the starting point inside the study directory, so that
+    every trial (on any node, through shared storage) loads the very same weights."""
+    cfg = spec.base_config
+    if cfg.pretrained != "auto":
+        return spec
+    from dataclasses import replace
+
+    from trainables.pretrain import ensure_pretrained
+
+    target = study_dir / "pretrained" / "best.pt"
+    if not target.exists():
+        print("pretraining the starting point (natural training, cached)…", flush=True)
+        src = ensure_pretrained(cfg, progress=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    return replace(spec, base_config=cfg.replace(pretrained=str(target)))
+
+
+def _launch(spec, space, study_dir: Path, resume: bool) -> int:
+    from . import tune_backend as tb
+    from .export import compute_summary, export, load_study
+    from .spec import check_resources, check_storage
+
+    started = tb.init_ray(spec.address, num_cpus=None)
+    t0 = time.time()
+    try:
+        nodes = tb.cluster_nodes()
+        check_resources(spec, nodes)
+        check_storage(spec, len(nodes))
+        tuner = tb.restore_tuner(spec, study_dir) if resume else tb.make_tuner(spec, space, study_dir)
+        tb.fit(tuner)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    wall = time.time() - t0
+    marker, records = load_study(study_dir)
+    if not records:
+        raise StudyError(f"the study in {study_dir} ran no trial; see the messages above")
+    summary = compute_summary(records, spec.max_epochs)
+    paths = export(study_dir, top_k=3)
+    best = max((r for r in records if r.best), key=lambda r: r.best["robust_acc"], default=None)
+    print("\n" + "=" * 78)
+    print(f"study {spec.name}: {summary['trials']} trials, {summary['pruned']} stopped early by ASHA, "
+          f"{wall:.0f} s wall")
+    if best is not None:
+        print(f"best trial {best.trial_id} ({best.state}): robust val acc {100 * best.best['robust_acc']:.1f}%, "
+              f"clean val acc {100 * best.best['clean_acc']:.1f}% at epoch {best.best['epoch']:g}")
+        print("best config (searched values): " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
+    ratio = summary["grad_passes"] / max(summary["grad_passes_no_pruning"], 1)
+    print(f"compute: {summary['grad_passes']:,.0f} grad passes, {summary['trial_seconds']:.0f} trial-seconds; "
+          f"without pruning the same trials would cost {summary['grad_passes_no_pruning']:,.0f} grad passes, "
+          f"{summary['trial_seconds_no_pruning']:.0f} trial-seconds ({100 * ratio:.0f}% spent)")
+    print(f"export: {paths[0]}  (rerun: advtune train --config {paths[1]})")
+    print(f"compare: tensorboard --logdir {study_dir}")
+    return 0
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _write_marker(spec, space, study_dir: Path) -> None:
+    from .records import MARKER
+
+    data = {"advtune_study": 1, "spec": spec.to_dict(), "space_base": space.base,
+            "space_params": [p.name for p in space.params]}
+    study_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(space.source, study_dir / "space.yaml")
+    (study_dir / MARKER).write_text(json.dumps(data, indent=2, default=str))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.cli import _load_config
+
+    from .spec import build_spec, describe
+
+    spec, space = build_spec(args, _load_config(args))
+    print(describe(spec, space), flush=True)
+    if args.dry_run:
+        return 0
+    study_dir = spec.study_dir
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise StudyError(f"study directory {study_dir} already exists; continue it with `advtune resume {study_dir}` "
+                         "or choose another --name")
+    spec = _prepare_pretrained(spec, study_dir)
+    _write_marker(spec, space, study_dir)
+    return _launch(spec, space, study_dir, resume=False)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .records import read_marker
+    from .spec import StudySpec
+
+    study_dir = Path(args.study).resolve()
+    marker = read_marker(study_dir)  # refuses folders advtune did not write: restore unpickles their state
+    if not any(study_dir.glob("experiment_state-*.json")) and not (study_dir / "tuner.pkl").exists():
+        raise StudyError(f"{study_dir} holds no Ray Tune state to resume (the study never started); start it again "
+                         "with advtune run")
+    spec = StudySpec.from_dict(marker["spec"])
+    if args.address is not None:
+        from dataclasses import replace
+
+        spec = replace(spec, address=args.address)
+    print(f"resuming study {spec.name} in {study_dir}", flush=True)
+    return _launch(spec, None, study_dir, resume=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .export import compute_summary, load_study, status_table
+
+    marker, records = load_study(args.study)
+    spec = marker["spec"]
+    summary = compute_summary(records, spec["max_epochs"])
+    print(f"study {spec['name']}: {len(records)} of {spec['num_samples']} trials recorded, "
+          f"{summary['pruned']} pruned by ASHA")
+    print(status_table(records))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    paths = export(args.study, top_k=args.top_k, pareto_front=args.pareto, fmt=args.format, out=args.out)
+    print(f"wrote {paths[0]}")
+    for p in paths[1:]:
+        print(f"  {p}   rerun: advtune train --config {p}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="launch an LR-schedule/epsilon search (Ray Tune + Optuna TPE + ASHA)",
+                       description="Launch a study. With no arguments: local Ray, digits, a naturally pretrained "
+                       "small CNN, the sfd space.")
+    p.add_argument("--space", default="sfd", help="preset (sfd, cyclic, sat, scope, attack) or a YAML file")
+    p.add_argument("--config", metavar="FILE", help="base trial config YAML (fixed values of every trial)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config key")
+    p.add_argument("--num-samples", type=int, default=12, help="number of trials (default 12)")
+    p.add_argument("--max-epochs", type=int, default=8, help="epochs of a trial that is never stopped")
+    p.add_argument("--grace-period", type=int, default=1,
+                   help="ASHA's first rung, epochs; raised to the end of the space's longest warmup")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/R at each rung")
+    p.add_argument("--concurrency", type=int, default=2, help="trials at once")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions (0.25) pack trials on one GPU")
+    p.add_argument("--address", default=None, help="Ray cluster to join: auto, or ray://host:10001 (default: "
+                   "start Ray on this machine)")
+    p.add_argument("--storage-path", default=None, help="where the study directory goes: a shared filesystem "
+                   "path or cloud URI on a multi-node cluster (default ./advtune_runs)")
+    p.add_argument("--assume-shared-storage", action="store_true",
+                   help="trust that --storage-path is visible to every node")
+    p.add_argument("--name", default=None, help="study name (default <space>-<dataset>-<time>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved study and exit")
+    p.add_argument("--verbose", action="store_true", help="Ray Tune's own output too")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted study (only directories advtune wrote)")
+    p.add_argument("study", help="the study directory")
+    p.add_argument("--address", default=None)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("status", help="table of a study's trials")
+    p.add_argument("study")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write the best configs (loadable by advtune train --config)")
+    p.add_argument("study")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--pareto", action="store_true", help="the clean-vs-robust Pareto set instead of top-k")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.add_argument("--out", default=None, help="folder (default STUDY/export)")
+    p.set_defaults(func=cmd_export)
+
+

@@ -1,0 +1,106 @@
+"""Reading a finished (or interrupted) study without a cluster: status table, export, compute summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.config import TrialConfig
+
+from .errors import StudyError
+from .records import StudyRecords, TrialRecord, read_marker
+
+__all__ = ["load_study", "status_table", "pareto", "export", "compute_summary"]
+
+
+def load_study(study_dir: str | Path) -> tuple[dict[str, Any], list[TrialRecord]]:
+    marker = read_marker(study_dir)
+    return marker, StudyRecords(study_dir, tensorboard=False).load()
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:5.1f}" if isinstance(v, (int, float)) else "  -  "
+
+
+def status_table(records: list[TrialRecord]) -> str:
+    head = f"{'trial':<20} {'state':<25} {'epochs':>6} {'robust%':>8} {'clean%':>7} {'grad passes':>12}  why stopped"
+    rows = [head, "-" * len(head)]
+    for r in sorted(records, key=lambda r: -((r.best or {}).get("robust_acc", -1))):
+        best = r.best or {}
+        rows.append(f"{r.trial_id:<20} {r.state:<25} {r.epochs_run:>6g} {_pct(best.get('robust_acc')):>8} "
+                    f"{_pct(best.get('clean_acc')):>7} {r.grad_passes:>12,}  {r.stop_reason}")
+    return "\n".join(rows)
+
+
+def pareto(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Trials whose best epoch no other trial beats on both clean and robust accuracy."""
+    pts = [(r, r.best) for r in records if r.best]
+    front = []
+    for r, b in pts:
+        dominated = any(o["clean_acc"] >= b["clean_acc"] and o["robust_acc"] >= b["robust_acc"] and
+                        (o["clean_acc"] > b["clean_acc"] or o["robust_acc"] > b["robust_acc"]) for _, o in pts)
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: -r.best["robust_acc"])
+
+
+def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path) -> dict[str, Any]:
+    base = TrialConfig.from_dict(marker["spec"]["base_config"])
+    space_base = marker.get("space_base", {})
+    cfg = base.replace(**space_base, **rec.params)
+    best = rec.best or {}
+    return {
+        "trial_id": rec.trial_id,
+        "state": rec.state,
+        "stop_reason": rec.stop_reason,
+        "params": rec.params,
+        "metrics": {"epoch": best.get("epoch"), "clean_acc": best.get("clean_acc"), "robust_acc": best.get("robust_acc"),
+                    "grad_passes_total": rec.grad_passes, "epochs_run": rec.epochs_run},
+        "checkpoint": str((rec.directory or study_dir) / "best.pt"),
+        "command": f"advtune train --config {path} --out runs/rerun-{rec.trial_id}",
+        "config": cfg.to_dict(),
+    }
+
+
+def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool = False, fmt: str = "yaml",
+           out: str | Path | None = None) -> list[Path]:
+    """Write the best ``top_k`` trials (or the clean-vs-robust Pareto set) one file each, plus an
+    index. Each file loads with ``advtune train --config FILE``. Returns the paths written."""
+    study_dir = Path(study_dir)
+    marker, records = load_study(study_dir)
+    ranked = [r for r in records if r.best]
+    if not ranked:
+        raise StudyError(f"{study_dir} has no trial with a finished validation yet; nothing to export")
+    chosen = pareto(ranked) if pareto_front else sorted(ranked, key=lambda r: -r.best["robust_acc"])[:top_k]
+    out_dir = Path(out) if out else study_dir / "export"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ext = "json" if fmt == "json" else "yaml"
+    written, entries = [], []
+    for rank, rec in enumerate(chosen, 1):
+        path = (out_dir / f"{rank:02d}-{rec.trial_id}.{ext}").resolve()
+        entry = {"rank": rank, **_entry(study_dir, marker, rec, path)}
+        _dump(entry, path, fmt)
+        entries.append(entry)
+        written.append(path)
+    index = out_dir / f"{'pareto' if pareto_front else 'best'}.{ext}"
+    _dump({"study": str(study_dir), "selection": "pareto" if pareto_front else f"top-{top_k} by best robust_acc",
+           "entries": entries}, index, fmt)
+    return [index, *written]
+
+
+def _dump(data: Any, path: Path, fmt: str) -> None:
+    path.write_text(json.dumps(data, indent=2) if fmt == "json" else yaml.safe_dump(data, sort_keys=False))
+
+
+def compute_summary(records: list[TrialRecord], max_epochs: int) -> dict[str, float]:
+    """Compute spent against what the same trials would have cost run to ``max_epochs``."""
+    spent = sum(r.grad_passes for r in records)
+    full = sum(r.grad_passes / r.epochs_run * max_epochs for r in records if r.epochs_run)
+    secs = sum(sum(m.get("epoch_seconds", 0.0) for m in r.metrics) for r in records)
+    full_secs = sum(sum(m.get("epoch_seconds", 0.0) for m in r.metrics) / r.epochs_run * max_epochs
+                    for r in records if r.epochs_run)
+    return {"grad_passes": spent, "grad_passes_no_pruning": full, "trial_seconds": secs,
+            "trial_seconds_no_pruning": full_secs, "pruned": sum(r.state == "pruned" for r in records),
+            "trials": len(records)}

@@ -1,0 +1,196 @@
+"""What a study keeps about its trials, in files of its own (no Ray needed to read them).
+
+Layout of a study directory::
+
+    advtune_study.json        marker + the study's spec (written by advtune; `resume` checks it)
+    optuna.db                 the Optuna study (SQLite; optuna-dashboard can open it)
+    pretrained/best.pt        the starting point every trial loads (when pretrained=auto)
+    trials/<id>/params.json   the trial's searched values
+    trials/<id>/metrics.jsonl one line per validation (epoch continuous: a re-run replaces)
+    trials/<id>/state.json    final state: completed | pruned | diverged | catastrophic_overfitting | error
+    trials/<id>/best.pt, last.pt
+    tensorboard/<id>/         scalars of every metric + an HParams session per trial
+    export/                   `advtune export` output
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MARKER", "StudyRecords", "TrialRecord", "read_marker", "FINAL_STATES"]
+
+MARKER = "advtune_study.json"
+FINAL_STATES = ("completed", "pruned", "diverged", "catastrophic_overfitting", "error")
+_TB_METRICS = ("best/robust_acc", "best/clean_acc", "final/robust_acc", "final/clean_acc", "final/grad_passes",
+               "epochs_run")
+
+
+def read_marker(study_dir: str | Path) -> dict[str, Any]:
+    from .errors import StudyError
+
+    path = Path(study_dir) / MARKER
+    if not path.exists():
+        raise StudyError(f"{study_dir} is not an advtune study directory (no {MARKER}); pass the folder that "
+                         "`advtune run` printed as the study directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StudyError(f"{path} is damaged ({exc}); the study cannot be read") from None
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    state: str = "running"
+    error: str = ""
+    directory: Path | None = None
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The validation with the best robust accuracy (the epoch best.pt holds)."""
+        good = [m for m in self.metrics if isinstance(m.get("robust_acc"), (int, float))
+                and not math.isnan(m["robust_acc"]) and m.get("status") != "diverged"]
+        return max(good, key=lambda m: (m["robust_acc"], -m["epoch"])) if good else None
+
+    @property
+    def epochs_run(self) -> float:
+        return self.metrics[-1]["epoch"] if self.metrics else 0
+
+    @property
+    def grad_passes(self) -> int:
+        return int(self.metrics[-1]["grad_passes"]) if self.metrics else 0
+
+    @property
+    def stop_reason(self) -> str:
+        if self.state == "error":
+            return self.error
+        if self.state == "pruned":
+            return f"stopped by ASHA at epoch {self.epochs_run:g}"
+        return self.metrics[-1].get("stop_reason", "") if self.metrics else ""
+
+
+class StudyRecords:
+    """Writes and reads the per-trial files. The driver's Tune callback calls the ``on_*`` methods."""
+
+    def __init__(self, study_dir: str | Path, tensorboard: bool = True) -> None:
+        self.study_dir = Path(study_dir)
+        self.tensorboard = tensorboard
+        self._writers: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict:  # picklable with Tune's experiment state: no open writers
+        return {"study_dir": self.study_dir, "tensorboard": self.tensorboard, "_writers": {}}
+
+    def trial_dir(self, trial_id: str) -> Path:
+        d = self.study_dir / "trials" / trial_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # --- writing ---------------------------------------------------------------------------------------
+    def on_start(self, trial_id: str, params: dict[str, Any]) -> None:
+        _write_json(self.trial_dir(trial_id) / "params.json", params)
+
+    def on_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
+        keep = {k: v for k, v in metrics.items() if k in _METRIC_KEYS}
+        path = self.trial_dir(trial_id) / "metrics.jsonl"
+        old = _read_jsonl(path)
+        kept = [m for m in old if m["epoch"] < keep["epoch"]]
+        if len(kept) == len(old):
+            with open(path, "a") as f:
+                f.write(json.dumps(keep) + "\n")
+        else:  # the trial re-reports an epoch (resumed after it ended): the new line replaces the old ones
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(m) + "\n" for m in kept + [keep]))
+            os.replace(tmp, path)
+        if len(kept) == len(old):
+            self._scalars(trial_id, keep)
+
+    def on_end(self, trial_id: str, state: str, error: str = "") -> None:
+        _write_json(self.trial_dir(trial_id) / "state.json", {"state": state, "error": error})
+        if self.tensorboard:
+            self._hparams(self.load_trial(trial_id))
+            writer = self._writers.pop(trial_id, None)
+            if writer is not None:
+                writer.close()
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+    def _writer(self, trial_id: str):
+        if trial_id not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[trial_id] = SummaryWriter(str(self.study_dir / "tensorboard" / trial_id))
+        return self._writers[trial_id]
+
+    def _scalars(self, trial_id: str, metrics: dict[str, Any]) -> None:
+        if not self.tensorboard:
+            return
+        w = self._writer(trial_id)
+        step = int(round(metrics["epoch"] * 1000)) if isinstance(metrics["epoch"], float) and \
+            not float(metrics["epoch"]).is_integer() else int(metrics["epoch"])
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and math.isfinite(v):
+                w.add_scalar(k, v, step)
+        w.flush()
+
+    def _hparams(self, rec: TrialRecord) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        best, last = rec.best or {}, (rec.metrics[-1] if rec.metrics else {})
+        values = {"best/robust_acc": best.get("robust_acc", 0.0), "best/clean_acc": best.get("clean_acc", 0.0),
+                  "final/robust_acc": last.get("robust_acc", 0.0), "final/clean_acc": last.get("clean_acc", 0.0),
+                  "final/grad_passes": float(rec.grad_passes), "epochs_run": float(rec.epochs_run)}
+        hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in rec.params.items()}
+        hp["state"] = rec.state
+        w = self._writer(rec.trial_id)
+        for summary in hparams(hp, values):
+            w.file_writer.add_summary(summary)
+        step = int(rec.epochs_run) if rec.metrics else 0
+        for k, v in values.items():
+            w.add_scalar(k, v if math.isfinite(v) else 0.0, step)
+        w.flush()
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def load_trial(self, trial_id: str) -> TrialRecord:
+        d = self.study_dir / "trials" / trial_id
+        params = json.loads((d / "params.json").read_text()) if (d / "params.json").exists() else {}
+        state = json.loads((d / "state.json").read_text()) if (d / "state.json").exists() else {}
+        return TrialRecord(trial_id, params, _read_jsonl(d / "metrics.jsonl"), state.get("state", "running"),
+                           state.get("error", ""), d)
+
+    def load(self) -> list[TrialRecord]:
+        root = self.study_dir / "trials"
+        if not root.exists():
+            return []
+        return [self.load_trial(d.name) for d in sorted(root.iterdir()) if d.is_dir()]
+
+
+_METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "best_robust_acc",
+                "best_clean_acc", "best_epoch", "train_eps", "grad_passes", "epoch_seconds", "status", "stop_reason",
+                "co_fgsm_acc", "co_pgd_acc", "node_id", "time_total_s")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line cut by a crash mid-write: the epoch is re-reported on resume
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,186 @@
+"""A study's resolved specification: what `advtune run` will do, checked before anything starts."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from search_spaces import SearchSpace, load_space
+from trainables.config import TrialConfig
+
+from .errors import StudyError
+
+__all__ = ["StudySpec", "asha_rungs", "min_grace", "describe", "check_storage", "check_resources",
+           "SHARED_FS_TYPES"]
+
+# Filesystems that other machines can see. Anything else on a multi-node cluster is head-local.
+SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "cephfs",
+                   "glusterfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.sshfs",
+                   "9p", "virtiofs", "wekafs", "efs", "fuse.mountpoint-s3", "fuse.blobfuse", "fuse.blobfuse2")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    space: str
+    base_config: TrialConfig
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    requested_grace: int
+    reduction_factor: int
+    concurrency: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    address: str | None
+    storage_path: str
+    seed: int
+    max_failures: int
+    verbose: bool = False
+    assume_shared_storage: bool = False
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["base_config"] = self.base_config.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudySpec":
+        return cls(**{**d, "base_config": TrialConfig.from_dict(d["base_config"])})
+
+
+def min_grace(space: SearchSpace, base: TrialConfig, max_epochs: int) -> tuple[int, float]:
+    """Earliest epoch at which every trial's LR has peaked and its epsilon ramp ended:
+    ``ceil(max(warmup, eps_ramp, peak_at) · max_epochs)`` over the space (at least 1)."""
+    names = ["eps_ramp"]
+    schedules = {space.base.get("schedule", base.schedule)}
+    p = space.param("schedule")
+    if p is not None:
+        schedules |= set(p.choices)
+    if schedules & {"sfd", "cosine"}:
+        names.append("warmup")
+    if "cyclic" in schedules:
+        names.append("peak_at")
+    frac = space.max_fraction(*names, base=base)
+    return max(1, math.ceil(frac * max_epochs - 1e-9)), frac * max_epochs
+
+
+def asha_rungs(grace: int, reduction_factor: int, max_epochs: int) -> list[int]:
+    """The epochs at which ASHA compares trials (``grace·rf^k < max_epochs``)."""
+    rungs, r = [], grace
+    while r < max_epochs:
+        rungs.append(r)
+        r *= reduction_factor
+    return rungs
+
+
+def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
+    space = load_space(args.space, base)
+    base = base.replace(**space.base, epochs=args.max_epochs)
+    if base.pretrained is None or base.pretrained == "none":
+        pass
+    grace_needed, _ = min_grace(space, base, args.max_epochs)
+    grace = min(max(args.grace_period or 1, grace_needed), args.max_epochs)
+    for name, value, lo in (("--num-samples", args.num_samples, 1), ("--max-epochs", args.max_epochs, 1),
+                            ("--reduction-factor", args.reduction_factor, 2), ("--concurrency", args.concurrency, 1)):
+        if value < lo:
+            raise StudyError(f"{name} {value} is out of range: it must be at least {lo}")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise StudyError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 allowed)")
+    if 1 < args.gpus_per_trial and not float(args.gpus_per_trial).is_integer():
+        raise StudyError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 a trial needs whole GPUs")
+    name = args.name or f"{space.name}-{base.dataset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    storage = args.storage_path or os.environ.get("ADVTUNE_STORAGE", "advtune_runs")
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    spec = StudySpec(name=name, space=str(space.source), base_config=base, num_samples=args.num_samples,
+                     max_epochs=args.max_epochs, grace_period=grace, requested_grace=args.grace_period or 1,
+                     reduction_factor=args.reduction_factor, concurrency=args.concurrency,
+                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+                     storage_path=storage, seed=args.seed, max_failures=args.max_failures,
+                     verbose=args.verbose, assume_shared_storage=args.assume_shared_storage)
+    return spec, space
+
+
+def describe(spec: StudySpec, space: SearchSpace) -> str:
+    grace_needed, peak_epoch = min_grace(space, spec.base_config, spec.max_epochs)
+    rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
+    b = spec.base_config
+    lines = [
+        f"study      {spec.name}",
+        f"directory  {spec.study_dir}",
+        f"space      {space.name} ({space.source}){': ' + space.description if space.description else ''}",
+    ]
+    lines += [f"  {p.describe()}" for p in space.params]
+    if space.starting_points:
+        lines.append(f"  starting points (evaluated first): {len(space.starting_points)}")
+        lines += [f"    {pt}" for pt in space.starting_points]
+    lines += [
+        f"trials     {spec.num_samples} (TPE, seed {spec.seed}), at most {spec.concurrency} at once, "
+        f"{spec.max_epochs} epochs each",
+        f"data       {b.dataset}, model {b.model}, starting point {b.pretrained}",
+        f"threat     {b.norm} eval_eps {b.eval_eps:.5g}, validation PGD-{b.val_steps}"
+        f"{'' if b.val_restarts == 1 else f'-{b.val_restarts}'} on the fixed validation split (seed {b.split_seed})",
+        f"ASHA       on robust_acc, time attribute epoch, reduction factor {spec.reduction_factor}, "
+        f"rungs at epochs {rungs or '(none: grace period reaches max epochs, nothing is pruned)'}",
+        f"           first rung at epoch {spec.grace_period}: the space's longest warmup/eps ramp ends at epoch "
+        f"{peak_epoch:.2f}, so no trial is judged before its LR has peaked"
+        + (f" (raised from --grace-period {spec.requested_grace})" if spec.grace_period > spec.requested_grace else ""),
+        f"resources  {spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
+        f"cluster: {spec.address or 'local Ray on this machine'}",
+        f"storage    {spec.storage_path}; failures retried up to {spec.max_failures}x from the last checkpoint",
+    ]
+    return "\n".join(lines)
+
+
+def _fs_type(path: Path) -> str:
+    """Filesystem type of the mount holding ``path`` (from /proc/mounts; '' if unknown)."""
+    path = path.resolve()
+    best, fstype = "", ""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    mount = parts[1].replace("\\040", " ")
+                    if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                        best, fstype = mount, parts[2]
+    except OSError:
+        return ""
+    return fstype
+
+
+def check_storage(spec: StudySpec, n_nodes: int) -> None:
+    """On a multi-node cluster, trials on other nodes must reach the study directory."""
+    if n_nodes <= 1 or "://" in spec.storage_path or spec.assume_shared_storage:
+        return
+    existing = Path(spec.storage_path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    fstype = _fs_type(existing)
+    if fstype not in SHARED_FS_TYPES:
+        raise StudyError(
+            f"storage path {spec.storage_path} is on this machine's local disk ({fstype or 'unknown filesystem'}), but the "
+            f"cluster has {n_nodes} nodes: trials on other nodes could not write their checkpoints there. Use shared "
+            "storage: --storage-path /mnt/nfs/advtune (a filesystem every node mounts at the same path) or a cloud URI "
+            "such as s3://bucket/advtune. If this path IS shared (same machine, or a filesystem advtune does not "
+            "recognise), pass --assume-shared-storage.")
+
+
+def check_resources(spec: StudySpec, nodes: list[dict[str, Any]]) -> None:
+    """Refuse a study no node can ever host, instead of leaving its trials pending forever."""
+    need = {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial}
+    if any(all(n["resources"].get(k, 0.0) >= v for k, v in need.items() if v > 0) for n in nodes):
+        return
+    most = {k: max((n["resources"].get(k, 0.0) for n in nodes), default=0.0) for k in need}
+    missing = [f"{v:g} {k}" + (f" (the largest node has {most[k]:g})") for k, v in need.items() if v > most[k]]
+    raise StudyError(
+        f"no node of the cluster can run one trial: each trial asks for {', '.join(missing) or need}. Lower "
+        "--cpus-per-trial/--gpus-per-trial (fractional GPUs such as 0.5 let trials share one) or add bigger nodes.")

@@ -1,0 +1,178 @@
+"""The one module that talks to ``ray.tune``: Tuner, OptunaSearch, ASHA, restore, callbacks.
+
+Ray's API moves between releases (``session.report`` → ``train.report`` → ``tune.report``,
+``air.RunConfig`` → ``tune.RunConfig``); everything that depends on it is here.
+
+Two pitfalls of Tune + Optuna + ASHA are handled here, not inherited:
+
+1. Tune tells the searcher that a trial stopped by ASHA is COMPLETE, with its early value: TPE
+   then learns from truncated runs as if they had finished. :class:`PruningAwareOptunaSearch`
+   tells Optuna such trials are PRUNED (their intermediate values are already recorded).
+2. ASHA's first rung is placed no earlier than the end of the longest warmup / epsilon ramp the
+   space allows (see ``study.spec.asha_rungs``), so slow starts are not judged before their LR peaks.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from .records import StudyRecords
+
+__all__ = ["PruningAwareOptunaSearch", "StudyCallback", "make_tuner", "restore_tuner", "fit"]
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that records trials stopped early (by ASHA) as PRUNED, not COMPLETE.
+
+    The trainable marks its own ends in ``status`` (completed, diverged, catastrophic_overfitting);
+    a trial whose last result still says ``running`` was stopped from outside, i.e. pruned.
+    Diverged trials are COMPLETE with robust accuracy 0: a bad result, not a crash.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not error and result and result.get("status") == "running" and trial_id in self._ot_trials \
+                and trial_id not in self._completed_trials:
+            from optuna.trial import TrialState
+
+            ot_trial = self._ot_trials[trial_id]
+            value, step = result.get(self.metric), result.get("training_iteration")
+            if value is not None and step is not None:  # Tune skips on_trial_result for the stopping result
+                try:
+                    ot_trial.report(value, step)
+                except Exception:  # noqa: BLE001 - already reported for this step
+                    pass
+            try:
+                self._ot_study.tell(self._ot_trials[trial_id], None, state=TrialState.PRUNED)
+            finally:
+                self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
+class StudyCallback(tune.Callback):
+    """Driver-side: writes every trial's records and TensorBoard events (ASHA-stopped trials too)
+    and prints a line when a trial ends."""
+
+    def __init__(self, study_dir: str, echo: bool = True) -> None:
+        self.records = StudyRecords(study_dir)
+        self.echo = echo
+        self._last: dict[str, dict] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.records.on_start(trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._last[trial.trial_id] = result
+        self.records.on_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = self._last.get(trial.trial_id) or trial.last_result or {}
+        status = last.get("status", "running")
+        state = "pruned" if status == "running" else status
+        self.records.on_end(trial.trial_id, state)
+        self._say(trial.trial_id, state, last)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        message = ""
+        if trial.error_file and os.path.exists(trial.error_file):
+            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+            message = lines[-1] if lines else ""
+        self.records.on_end(trial.trial_id, "error", message)
+        self._say(trial.trial_id, "error", {"stop_reason": message})
+
+    def on_experiment_end(self, trials, **info):
+        self.records.close()
+
+    def _say(self, trial_id: str, state: str, last: dict) -> None:
+        if not self.echo:
+            return
+        acc = last.get("best_robust_acc")
+        extra = f" best robust {100 * acc:.1f}%" if isinstance(acc, (int, float)) else ""
+        epoch = last.get("epoch")
+        print(f"  trial {trial_id}: {state}" + (f" after epoch {epoch:g}" if epoch is not None else "") + extra
+              + (f" — {last['stop_reason']}" if last.get("stop_reason") else ""), flush=True)
+
+
+def _trainable(spec, study_dir: Path):
+    from trainables.tune_adapter import trial_fn
+
+    local = "://" not in str(spec.storage_path)
+    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(), study_dir=str(study_dir) if local else None)
+    resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    return tune.with_resources(fn, resources)
+
+
+def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
+    import optuna
+
+    from search_spaces import define_by_run
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    searcher = PruningAwareOptunaSearch(
+        space=define_by_run(space, spec.base_config), metric="best_robust_acc", mode="max",
+        points_to_evaluate=[dict(p) for p in space.starting_points] or None,
+        sampler=optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(3, len(space.starting_points) + 1)),
+        study_name=spec.name, storage=storage, seed=spec.seed)
+    scheduler = ASHAScheduler(time_attr="epoch", metric="robust_acc", mode="max", max_t=spec.max_epochs,
+                              grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
+    return tune.Tuner(
+        _trainable(spec, study_dir),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+                                    max_concurrent_trials=spec.concurrency, reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(spec.storage_path), verbose=1 if spec.verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[StudyCallback(str(study_dir), echo=True)],
+            progress_reporter=None if spec.verbose else _Silent()))
+
+
+def restore_tuner(spec, study_dir: Path) -> tune.Tuner:
+    return tune.Tuner.restore(str(study_dir), trainable=_trainable(spec, study_dir), resume_unfinished=True,
+                              resume_errored=True)
+
+
+def fit(tuner: tune.Tuner) -> Any:
+    return tuner.fit()
+
+
+class _Silent(tune.ProgressReporter):
+    """Ray Tune's own progress table is replaced by advtune's lines."""
+
+    def should_report(self, trials, done: bool = False) -> bool:
+        return False
+
+    def report(self, trials, done: bool, *sys_info) -> None:
+        pass
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` or start Ray on this machine (dashboard off). Returns True if we
+    started it (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Tune's result table reader looks for Ray's own per-trial logs, which advtune replaces by its records.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def cluster_nodes() -> list[dict[str, Any]]:
+    """Alive nodes with their total resources."""
+    return [{"id": n["NodeID"], "resources": n.get("Resources", {})} for n in ray.nodes() if n.get("Alive")]

@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated cache, a tiny fast trial config, a reporter that records."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainables.config import TrialConfig
+
+# digits with the default val_size=0.2: 1797 images → 359 test, 288 val, 1150 train.
+DIGITS_N_TRAIN = 1150
+DIGITS_N_VAL = 288
+DIGITS_N_TEST = 359
+
+TINY = dict(dataset="digits", model="small_cnn", pretrained="none", epochs=2, train_steps=2, val_steps=3,
+            batch_size=128, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Point ADVTUNE_CACHE at a session tmp dir: tests never write to ~/.cache."""
+    old = os.environ.get("ADVTUNE_CACHE")
+    os.environ["ADVTUNE_CACHE"] = str(tmp_path_factory.mktemp("advtune-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ADVTUNE_CACHE", None)
+    else:
+        os.environ["ADVTUNE_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng():
+    """Keep torch's global RNG state from leaking between tests."""
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)
+
+
+@pytest.fixture
+def tiny_config() -> TrialConfig:
+    """A trial that trains in about a second: digits, small_cnn from scratch, PGD-2, 2 epochs."""
+    return TrialConfig(**TINY)
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """The tiny config as ``--set`` arguments for the CLI."""
+    out: list[str] = []
+    for key, value in TINY.items():
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+class RecordingReporter:
+    """Records every report; keeps a copy of each checkpoint folder under ``root/ckpt-<i>``.
+
+    Like the real reporters it owns (and removes) the folder it is handed. ``stop_after`` raises
+    :class:`Interrupted` right after that many reports, as a crash would.
+    """
+
+    def __init__(self, root: Path, stop_after: int | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.metrics: list[dict[str, Any]] = []
+        self.checkpoints: list[Path | None] = []
+        self.stop_after = stop_after
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        self.metrics.append(dict(metrics))
+        if checkpoint_dir is None:
+            self.checkpoints.append(None)
+        else:
+            dest = self.root / f"ckpt-{len(self.metrics)}"
+            shutil.copytree(checkpoint_dir, dest)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            self.checkpoints.append(dest)
+        if self.stop_after is not None and len(self.metrics) >= self.stop_after:
+            raise Interrupted(f"interrupted after {len(self.metrics)} reports")
+
+
+class Interrupted(Exception):
+    """Raised by RecordingReporter(stop_after=n) to simulate a crash."""
+
+
+@pytest.fixture
+def recorder(tmp_path: Path):
+    """Factory of RecordingReporters, each with its own folder under ``tmp_path``."""
+    count = 0
+
+    def make(stop_after: int | None = None) -> RecordingReporter:
+        nonlocal count
+        count += 1
+        return RecordingReporter(tmp_path / f"reporter-{count}", stop_after)
+
+    make.Interrupted = Interrupted  # type: ignore[attr-defined]
+    return make

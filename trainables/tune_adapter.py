@@ -1,0 +1,90 @@
+"""The thin Ray adapter: runs ``finetune.run`` as a Ray Tune function trainable.
+
+The trial writes its checkpoint files (``best.pt``, ``last.pt``) itself, atomically, into
+``<study>/trials/<trial_id>/`` *before* it reports the epoch to Tune, and resumes from there.
+Whatever interrupts it — a retry after an exception, a node lost, a driver killed and the study
+resumed — it therefore restarts from its newest finished epoch: no finished epoch is ever redone,
+and only two checkpoint files per trial ever exist. (Ray's own experiment snapshot is written
+periodically and can lag a trial by an epoch; that is why advtune does not rely on it for trial
+state.) For storage that is not a filesystem path (a cloud URI), the checkpoint goes through
+``tune.report(checkpoint=...)`` instead and resumes from ``tune.get_checkpoint()``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import TrialConfig
+
+__all__ = ["trial_fn", "TuneReporter", "FAULT_ENV"]
+
+FAULT_ENV = "ADVTUNE_INJECT_FAULT"  # "EPOCH" or "EPOCH:ATTEMPTS": raise at that epoch (tests of retries)
+
+
+class TuneReporter:
+    def __init__(self, trial_dir: Path | None) -> None:
+        self.trial_dir = trial_dir
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        import ray
+        from ray import tune
+
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
+        if checkpoint_dir is None:
+            tune.report(metrics)
+            return
+        if self.trial_dir is not None:
+            for name in ("best.pt", "last.pt"):  # best first: a kill in between leaves a consistent pair
+                src = os.path.join(checkpoint_dir, name)
+                if os.path.exists(src):
+                    shutil.copyfile(src, self.trial_dir / f".{name}.tmp")
+                    os.replace(self.trial_dir / f".{name}.tmp", self.trial_dir / name)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def _maybe_inject_fault(trial_dir: Path | None, epoch_done: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    epoch, _, attempts = spec.partition(":")
+    marker = (trial_dir or Path(tempfile.gettempdir())) / ".injected_faults"
+    count = int(marker.read_text()) if marker.exists() else 0
+    if epoch_done == int(epoch) and count < int(attempts or 1_000_000):
+        marker.write_text(str(count + 1))
+        raise RuntimeError(f"injected fault at epoch {epoch} (attempt {count + 1})")
+
+
+class _FaultingReporter(TuneReporter):
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        super().report(metrics, checkpoint_dir)
+        _maybe_inject_fault(self.trial_dir, int(metrics["epoch"]))
+
+
+def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str | None) -> None:
+    """Ray Tune function trainable: ``params`` are the trial's searched values, ``base`` the
+    study's fixed trial config, ``study_dir`` a filesystem path (None for cloud storage)."""
+    from ray import tune
+
+    from . import finetune
+
+    cfg = TrialConfig.from_dict({**base, **params})
+    trial_dir = None
+    if study_dir is not None:
+        trial_dir = Path(study_dir) / "trials" / tune.get_context().get_trial_id()
+        trial_dir.mkdir(parents=True, exist_ok=True)
+    resume = None
+    if trial_dir is not None and (trial_dir / "last.pt").exists():
+        resume = trial_dir
+    else:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            resume = checkpoint.to_directory()
+    reporter = (_FaultingReporter if os.environ.get(FAULT_ENV) else TuneReporter)(trial_dir)
+    finetune.run(cfg, reporter, resume_from=resume)
