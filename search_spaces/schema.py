@@ -199,20 +199,21 @@ def load_space(name_or_path: str | Path, base_cfg: TrialConfig | None = None) ->
     raw_params = data.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
         raise _err(source, "params", "expected a non-empty mapping of parameter: distribution")
-    params: list[Param] = []
     for name, spec in raw_params.items():
         if not isinstance(spec, dict):  # a plain value: fixed
             base[name] = spec
-            continue
-        params.append(_parse_param(source, str(name), spec, base_cfg.replace(**{k: v for k, v in base.items()
-                                                                               if k == "eval_eps"}).eval_eps))
     for k in base:
         if k not in _FIELDS:
             near = difflib.get_close_matches(k, _FIELDS, n=1)
             raise _err(source, f"base.{k}", "not a trial-config key" + (f"; did you mean '{near[0]}'?" if near else ""))
+    try:
+        context = base_cfg.replace(**base).to_dict()
+    except ConfigError as exc:
+        raise SpaceError(f"{source}: key 'base': {exc}") from None
+    params = [_parse_param(source, str(name), spec, context["eval_eps"])
+              for name, spec in raw_params.items() if isinstance(spec, dict)]
     _check_conditions(source, params, base, base_cfg)
     _check_against_config(source, base, tuple(params), base_cfg)
-    context = {**base_cfg.replace(**base).to_dict()}
     points = _parse_points(source, data.get("starting_points") or [], params, context["eval_eps"], raw_params, context)
     return SearchSpace(str(data.get("name") or path.stem), source, str(data.get("description") or ""), base,
                        tuple(params), points)
@@ -230,6 +231,9 @@ def _check_conditions(source: str, params: list[Param], base: dict, base_cfg: Tr
                 bad = [a for a in allowed if a not in ref.choices]
                 if bad:
                     raise _err(source, key, f"{bad[0]!r} is not one of {cond}'s choices {list(ref.choices)}")
+            elif any(q.name == cond for q in params):
+                raise _err(source, key, f"'{cond}' is searched below this parameter; conditions may only refer "
+                                        "to parameters defined above (move it up)")
             elif cond in base or cond in _FIELDS:
                 fixed = base.get(cond, getattr(base_cfg, cond, None))
                 if fixed not in allowed:

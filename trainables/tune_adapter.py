@@ -37,6 +37,8 @@ class TuneReporter:
             tune.report(metrics)
             return
         if self.trial_dir is not None:
+            with open(self.trial_dir / "epochs_trained.log", "a") as log:  # append-only: proves no epoch is redone
+                log.write(f"{metrics['epoch']}\n")
             for name in ("best.pt", "last.pt"):  # best first: a kill in between leaves a consistent pair
                 src = os.path.join(checkpoint_dir, name)
                 if os.path.exists(src):

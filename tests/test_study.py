@@ -1,0 +1,129 @@
+"""A small real study end to end: real Ray Tune, Optuna (SQLite), ASHA, TensorBoard files, export."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from study.cli import main
+from study.records import StudyRecords
+
+TINY = ["--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=4"]
+N_TRIALS, EPOCHS = 6, 3
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def study(local_ray, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("studies")
+    rc = main(["run", "--name", "small", "--storage-path", str(storage), "--num-samples", str(N_TRIALS),
+               "--max-epochs", str(EPOCHS), "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", *TINY])
+    assert rc == 0
+    return storage / "small"
+
+
+def test_asha_stops_trials_and_optuna_records_them_as_pruned(study):
+    records = StudyRecords(study, tensorboard=False).load()
+    assert len(records) == N_TRIALS
+    pruned = [r for r in records if r.state == "pruned"]
+    assert pruned, "ASHA stopped no trial"
+    assert all(r.epochs_run < EPOCHS for r in pruned)
+    assert all(r.state == "completed" and r.epochs_run == EPOCHS for r in records if r not in pruned)
+    ot = optuna.load_study(study_name="small", storage=f"sqlite:///{study / 'optuna.db'}")
+    assert len(ot.trials) == N_TRIALS
+    states = [t.state for t in ot.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+    for t in ot.trials:
+        if t.state == optuna.trial.TrialState.PRUNED:
+            assert t.intermediate_values, "pruned trial lost its intermediate values"
+            assert t.value is None or t.value == list(t.intermediate_values.values())[-1]
+    # the starting points of the preset were evaluated first
+    first = sorted(ot.trials, key=lambda t: t.number)[0]
+    assert first.params["peak_lr"] == pytest.approx(0.02) and first.params["warmup"] == pytest.approx(0.1)
+
+
+def test_every_trial_has_continuous_epochs_and_all_metrics(study):
+    for rec in StudyRecords(study, tensorboard=False).load():
+        epochs = [m["epoch"] for m in rec.metrics]
+        assert epochs == list(range(1, len(epochs) + 1))
+        for key in ("lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "best_robust_acc", "train_eps",
+                    "grad_passes", "epoch_seconds"):
+            assert key in rec.metrics[-1]
+        assert (rec.directory / "best.pt").exists() and (rec.directory / "last.pt").exists()
+
+
+def test_tensorboard_holds_every_trials_scalars_and_hparams(study):
+    records = StudyRecords(study, tensorboard=False).load()
+    for rec in records:
+        ea = EventAccumulator(str(study / "tensorboard" / rec.trial_id))
+        ea.Reload()
+        scalars = ea.Tags()["scalars"]
+        for key in ("robust_acc", "clean_acc", "lr", "grad_passes", "best/robust_acc"):
+            assert key in scalars, (rec.trial_id, scalars)
+        robust = [e.value for e in ea.Scalars("robust_acc")]
+        assert robust == pytest.approx([m["robust_acc"] for m in rec.metrics])
+        content = ea.PluginTagToContent("hparams")
+        start = [plugin_data_pb2.HParamsPluginData.FromString(v) for k, v in content.items()
+                 if k.endswith("session_start_info")]
+        assert start, f"no HParams session for {rec.trial_id}"
+        hp = start[0].session_start_info.hparams
+        for name, value in rec.params.items():
+            got = hp[name]
+            assert (got.number_value == pytest.approx(value) if isinstance(value, float) else got.string_value == str(value))
+        assert hp["state"].string_value == rec.state
+
+
+def test_status_and_export_work_without_a_cluster(study, capsys):
+    assert main(["status", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "pruned" in out and "stopped by ASHA" in out
+    out_dir = study.parent / "exp"
+    assert main(["export", str(study), "--top-k", "2", "--out", str(out_dir)]) == 0
+    index = yaml.safe_load((out_dir / "best.yaml").read_text())
+    assert len(index["entries"]) == 2
+    first = index["entries"][0]
+    assert first["metrics"]["robust_acc"] >= index["entries"][1]["metrics"]["robust_acc"]
+    assert Path(first["checkpoint"]).exists() and first["command"].startswith("advtune train --config ")
+    assert main(["export", str(study), "--pareto", "--format", "json", "--out", str(out_dir)]) == 0
+    front = json.loads((out_dir / "pareto.json").read_text())["entries"]
+    for a in front:  # no exported point is dominated by another trial
+        for b in front:
+            assert not (b["metrics"]["clean_acc"] > a["metrics"]["clean_acc"] and
+                        b["metrics"]["robust_acc"] > a["metrics"]["robust_acc"])
+
+
+def test_exported_config_reruns_to_the_same_robust_accuracy(study, tmp_path):
+    out_dir = tmp_path / "exp"
+    assert main(["export", str(study), "--out", str(out_dir)]) == 0
+    entry_file = sorted(out_dir.glob("01-*.yaml"))[0]
+    entry = yaml.safe_load(entry_file.read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial ran: one CPU per trial
+    try:
+        assert main(["train", "--quiet", "--config", str(entry_file), "--out", str(tmp_path / "rerun")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    lines = [json.loads(x) for x in (tmp_path / "rerun" / "metrics.jsonl").read_text().splitlines()]
+    best_epoch = entry["metrics"]["epoch"]
+    rerun = next(m for m in lines if m["epoch"] == best_epoch)
+    assert abs(rerun["robust_acc"] - entry["metrics"]["robust_acc"]) <= 0.005
+
+
+def test_dry_run_shows_rungs_after_the_longest_warmup(capsys, tmp_path):
+    assert main(["run", "--dry-run", "--max-epochs", "10", "--storage-path", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "rungs at epochs [3, 6]" in out and "ends at epoch 3.00" in out
+    assert not (tmp_path / "s").exists()  # a dry run starts nothing and writes nothing
