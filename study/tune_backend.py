@@ -124,7 +124,7 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
     return tune.Tuner(
         _trainable(spec, study_dir),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
-                                    max_concurrent_trials=spec.concurrency, reuse_actors=False),
+                                    max_concurrent_trials=spec.concurrency, reuse_actors=True),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=str(spec.storage_path), verbose=1 if spec.verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),

@@ -277,7 +277,7 @@ def test_bn_mode_changes_the_attack() -> None:
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[NormalizedModel, TensorDataset]:
-    """small_cnn trained naturally on digits for 3 epochs (~3 s on CPU); the first 192 validation
+    """small_cnn trained naturally on digits for 3 epochs (~3 s on CPU); the first 128 validation
     images are returned for evaluation."""
     from trainables.data import load_splits
 
@@ -297,8 +297,9 @@ def trained() -> tuple[NormalizedModel, TensorDataset]:
             opt.step()
     model.eval()
     vx, vy = splits.val.tensors
-    val = TensorDataset(vx[:192], vy[:192])
-    clean = (model(vx[:192]).argmax(1) == vy[:192]).float().mean()
+    val = TensorDataset(vx[:128], vy[:128])
+    with torch.no_grad():
+        clean = (model(vx[:128]).argmax(1) == vy[:128]).float().mean()
     assert clean > 0.9, f"natural training failed (clean acc {clean:.3f}); the strength tests need a real model"
     return model, val
 
@@ -338,10 +339,10 @@ def test_restarts_are_at_least_as_strong(trained, norm: str, eps: float) -> None
     model, val = trained
     # one batch, so that the first restart draws exactly the single run's random start
     torch.manual_seed(0)
-    single = evaluate_pgd(model, val, norm, eps, steps=10, restarts=1, batch_size=len(val))
+    single = evaluate_pgd(model, val, norm, eps, steps=5, restarts=1, batch_size=len(val))
     torch.manual_seed(0)
-    multi = evaluate_pgd(model, val, norm, eps, steps=10, restarts=3, batch_size=len(val))
-    assert multi.attack == "pgd-10-3" and multi.clean_acc == single.clean_acc
+    multi = evaluate_pgd(model, val, norm, eps, steps=5, restarts=3, batch_size=len(val))
+    assert multi.attack == "pgd-5-3" and multi.clean_acc == single.clean_acc
     assert multi.robust_acc <= single.robust_acc
 
     # per example, with pgd directly: every example fooled by one run stays fooled with restarts

@@ -4,7 +4,6 @@ best robust epoch, divergence stops cleanly, head-only fine-tuning freezes the b
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -76,18 +75,19 @@ def test_resume_after_epoch_matches_uninterrupted_run(three_epochs, recorder):
     assert [h["epoch"] for h in history] == [1, 2, 3]  # the history carries over the interruption
 
 
-@pytest.mark.parametrize("attack", ["fgsm_rs", "free"])
+@pytest.mark.parametrize("attack", ["pgd", "free"])
 def test_resume_mid_epoch_matches_uninterrupted_run(recorder, attack):
-    # fgsm_rs carries the catastrophic-overfitting guard's state, free its perturbation across batches
-    cfg = TrialConfig(**{**TINY, "evals_per_epoch": 2, "attack": attack, "free_replays": 2, "val_steps": 2})
+    # free AT also carries its perturbation from one minibatch to the next: it must survive too
+    cfg = TrialConfig(**{**TINY, "epochs": 1, "evals_per_epoch": 2, "attack": attack, "free_replays": 2})
     full = recorder()
     finetune.run(cfg, full)
-    assert [m["epoch"] for m in full.metrics] == pytest.approx([5 / 9, 1, 1 + 5 / 9, 2])
+    assert len(full.metrics) == 2 and 0 < full.metrics[0]["epoch"] < 1 and full.metrics[1]["epoch"] == 1
     crashed = recorder(stop_after=1)
     with pytest.raises(recorder.Interrupted):
         finetune.run(cfg, crashed)
     mid = crashed.checkpoints[0]
-    assert load_file(mid / "last.pt")["progress"]["batch"] == 5  # really in the middle of epoch 1
+    progress = load_file(mid / "last.pt")["progress"]
+    assert progress["epoch"] == 0 and 0 < progress["batch"] < math.ceil(DIGITS_N_TRAIN / cfg.batch_size)
     resumed = recorder()
     finetune.run(cfg, resumed, resume_from=mid / "last.pt")
     assert_same_metrics(resumed.metrics, full.metrics[1:])
@@ -201,11 +201,8 @@ def test_nan_model_diverges_without_exception(recorder, tiny_config, tmp_path):
     rep = recorder()
     summary = finetune.run(tiny_config.replace(pretrained=str(tmp_path / "nan.pt")), rep)
     _assert_diverged(rep, summary)
-    assert len(rep.metrics) == 1 and rep.metrics[0]["grad_passes"] <= 3 * cfg_batch(tiny_config)
-
-
-def cfg_batch(cfg: TrialConfig) -> int:
-    return cfg.batch_size
+    assert len(rep.metrics) == 1
+    assert rep.metrics[0]["grad_passes"] == tiny_config.batch_size  # stopped after the very first batch
 
 
 # ---------------------------------------------------------------- (e) fixed features
@@ -261,4 +258,3 @@ def test_natural_pretraining_is_not_robust():
     res = evaluate_pgd(prep.model, prep.splits.val, "linf", 0.2, steps=20, restarts=1)
     assert res.clean_acc > 0.9
     assert res.robust_acc < 0.10
-    shutil.rmtree(path.parent)  # other tests must not silently rely on this cache

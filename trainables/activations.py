@@ -47,6 +47,7 @@ def make_activation(name: str) -> nn.Module:
 
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_INPLACE = {torch.relu_, torch.Tensor.relu_}
 
 
 class _ReluInterceptor(TorchFunctionMode):
@@ -59,6 +60,9 @@ class _ReluInterceptor(TorchFunctionMode):
         if func in _RELU_FUNCS:
             self.calls += 1
             if self.act is not None:
+                inplace = func in _INPLACE or kwargs.get("inplace") or (func is F.relu and args[1:2] == (True,))
+                if inplace:  # the caller may ignore the result (`x.relu_()`), so write it into x
+                    return args[0].copy_(self.act(args[0].clone()))
                 return self.act(args[0])
         return func(*args, **kwargs)
 

@@ -194,6 +194,8 @@ def last_block(model: nn.Module) -> nn.Module:
     head_top = _head_name(net).split(".")[0]
     children = [(n, m) for n, m in net.named_children() if any(True for _ in m.parameters())]
     before = [m for n, m in children if n != head_top]
+    # a block has submodules: skip a lone final norm layer (PreActResNet's and WRN's `bn`)
+    before = [m for m in before if any(True for _ in m.children())] or before
     return before[-1] if before else net.get_submodule(head_top)
 
 

@@ -46,6 +46,8 @@ class LocalReporter:
             self._writer = SummaryWriter(str(self.out_dir / "tb"))
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is None and self._reported(metrics["epoch"]):
+            return  # a resumed, already finished run repeating its final report
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if checkpoint_dir is not None:
@@ -62,6 +64,13 @@ class LocalReporter:
             self._writer.flush()
         if self.echo:
             print(format_metrics(metrics), flush=True)
+
+    def _reported(self, epoch: float) -> bool:
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return False
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        return bool(lines) and json.loads(lines[-1]).get("epoch", -1) >= epoch
 
     def close(self) -> None:
         if self._writer is not None:

@@ -78,8 +78,13 @@ def param_groups(model: NormalizedModel, cfg: TrialConfig) -> list[dict]:
     head_params = {id(p) for p in head(model).parameters()}
     if cfg.finetune_scope == "head":
         trainable = set(head_params)
-    elif cfg.finetune_scope == "last_block":
-        trainable = head_params | {id(p) for p in last_block(model).parameters()}
+    elif cfg.finetune_scope == "last_block":  # the last block and everything after it (e.g. a final norm)
+        block, after = last_block(model), False
+        trainable = set(head_params)
+        for child in model.net.children():
+            after = after or child is block
+            if after:
+                trainable |= {id(p) for p in child.parameters()}
     else:
         trainable = {id(p) for p in model.parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
