@@ -131,9 +131,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"\nadvtune eval — {args.checkpoint}")
     print(f"  split {args.split} ({results[0].n} images), threat model {cfg.norm} eps {eps:.5g}, "
           f"PGD step {step:.4g}, seed {args.seed}, fp32, device {prep.device}")
-    print(f"  clean accuracy     {100 * results[0].clean_acc:6.2f}%")
+    print(f"  {'clean accuracy':<20} {100 * results[0].clean_acc:6.2f}%")
     for res in results:
-        print(f"  {res.attack:<18} {100 * res.robust_acc:6.2f}%")
+        print(f"  {res.attack:<20} {100 * res.robust_acc:6.2f}%")
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, "norm": cfg.norm,
                                                "eps": eps, "results": [r.as_dict() for r in results]}, indent=2))

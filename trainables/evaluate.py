@@ -105,7 +105,8 @@ def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float,
             adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
                                    device=device, seed=seed)
             adversary.verbose = False
-            x_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size).detach()
+            out = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+            x_adv = (out[0] if isinstance(out, tuple) else out).detach()  # pyautoattack 0.2 returns (x_adv, y_adv)
             dist = (x_adv - x.to(device)).flatten(1)
             size = dist.abs().max(1).values if norm == "linf" else dist.norm(dim=1)
             if (size > eps * (1 + 1e-4) + 1e-6).any() or x_adv.min() < 0 or x_adv.max() > 1:
