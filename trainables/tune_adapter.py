@@ -21,7 +21,10 @@ from .config import TrialConfig
 
 __all__ = ["trial_fn", "TuneReporter", "FAULT_ENV"]
 
-FAULT_ENV = "ADVTUNE_INJECT_FAULT"  # "EPOCH" or "EPOCH:ATTEMPTS": raise at that epoch (tests of retries)
+# Fault injection for the reliability tests: "EPOCH[:ATTEMPTS[:KEY=VALUE]]" (several joined by ";")
+# raises after that epoch is reported — and again when a retry resumes past it — on at most ATTEMPTS
+# attempts, only in trials whose config has KEY=VALUE. Off unless the variable is set.
+FAULT_ENV = "ADVTUNE_INJECT_FAULT"
 
 
 class TuneReporter:
@@ -51,22 +54,30 @@ class TuneReporter:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def _maybe_inject_fault(trial_dir: Path | None, epoch_done: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    epoch, _, attempts = spec.partition(":")
-    marker = (trial_dir or Path(tempfile.gettempdir())) / ".injected_faults"
-    count = int(marker.read_text()) if marker.exists() else 0
-    if epoch_done == int(epoch) and count < int(attempts or 1_000_000):
-        marker.write_text(str(count + 1))
-        raise RuntimeError(f"injected fault at epoch {epoch} (attempt {count + 1})")
+def _maybe_inject_fault(trial_dir: Path | None, epoch_done: int, cfg: TrialConfig) -> None:
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(";")):
+        epoch, _, rest = spec.partition(":")
+        attempts, _, match = rest.partition(":")
+        if match:
+            key, _, value = match.partition("=")
+            if str(getattr(cfg, key)) != value:
+                continue
+        marker = (trial_dir or Path(tempfile.gettempdir())) / ".injected_faults"
+        count = int(marker.read_text()) if marker.exists() else 0
+        if epoch_done == int(epoch) and count < int(attempts or 1_000_000):
+            marker.write_text(str(count + 1))
+            raise RuntimeError(f"injected fault after epoch {epoch} (attempt {count + 1})")
 
 
 class _FaultingReporter(TuneReporter):
+    def __init__(self, trial_dir: Path | None, cfg: TrialConfig) -> None:
+        super().__init__(trial_dir)
+        self.cfg = cfg
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         super().report(metrics, checkpoint_dir)
-        _maybe_inject_fault(self.trial_dir, int(metrics["epoch"]))
+        if checkpoint_dir is not None:
+            _maybe_inject_fault(self.trial_dir, int(metrics["epoch"]), self.cfg)
 
 
 def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str | None) -> None:
@@ -88,5 +99,11 @@ def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str | None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             resume = checkpoint.to_directory()
-    reporter = (_FaultingReporter if os.environ.get(FAULT_ENV) else TuneReporter)(trial_dir)
+    reporter = TuneReporter(trial_dir)
+    if os.environ.get(FAULT_ENV):
+        reporter = _FaultingReporter(trial_dir, cfg)
+        done = trial_dir / "epochs_trained.log" if trial_dir is not None else None
+        if done is not None and done.exists() and done.read_text().split():
+            # a retried trial crashes again where it crashed before, until its attempts are used up
+            _maybe_inject_fault(trial_dir, int(float(done.read_text().split()[-1])), cfg)
     finetune.run(cfg, reporter, resume_from=resume)
