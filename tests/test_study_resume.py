@@ -1,4 +1,4 @@
-"""The driver is killed with SIGKILL mid-study; `advtune resume` completes the study without
+"""The driver is killed with SIGKILL mid-study, twice; `advtune resume` completes the study without
 losing a trial or redoing an epoch. Runs the CLI in subprocesses, as a user would."""
 from __future__ import annotations
 
@@ -31,39 +31,52 @@ def _kill_tree(proc: psutil.Process, descendants: list[psutil.Process]) -> None:
     psutil.wait_procs([proc, *descendants], timeout=30)
 
 
-def test_sigkilled_driver_resumes_without_losing_trials_or_redoing_epochs(tmp_path):
-    storage, name = tmp_path / "studies", "killed"
-    study = storage / name
-    cmd = [*ADVTUNE, "run", "--name", name, "--storage-path", str(storage), "--num-samples", str(N_TRIALS),
-           "--max-epochs", str(EPOCHS), "--concurrency", "2", "--grace-period", str(EPOCHS),  # no pruning here
-           "--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=3"]
-    log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen(cmd, env=_env(tmp_path / "cache"), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+def _total_lines(study: Path) -> int:
+    return sum(len(r.metrics) for r in StudyRecords(study, tensorboard=False).load()) if study.exists() else 0
+
+
+def _run_and_kill(cmd: list[str], study: Path, env: dict, log_path: Path, at_least: int) -> None:
+    """Start ``cmd``; SIGKILL the driver once the study holds ``at_least`` finished validations."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     driver = psutil.Process(proc.pid)
-    deadline = time.time() + 240
     descendants: list[psutil.Process] = []
     try:
-        while time.time() < deadline:  # wait until trials are mid-way: some epochs done, not all
+        deadline = time.time() + 240
+        while time.time() < deadline:
             descendants = driver.children(recursive=True) or descendants
-            recs = StudyRecords(study, tensorboard=False).load() if study.exists() else []
-            if sum(len(r.metrics) >= 1 for r in recs) >= 2:
+            if _total_lines(study) >= at_least:
                 break
-            assert proc.poll() is None, (tmp_path / "run.log").read_text()
-            time.sleep(0.5)
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.3)
         else:
-            pytest.fail("study made no progress: " + (tmp_path / "run.log").read_text())
+            pytest.fail("study made no progress: " + log_path.read_text()[-3000:])
         descendants = driver.children(recursive=True)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         _kill_tree(driver, descendants)  # the Ray processes that driver started: ours to end, nobody else's
         log.close()
-    before = StudyRecords(study, tensorboard=False).load()
-    assert 0 < sum(len(r.metrics) for r in before) < N_TRIALS * EPOCHS, "the kill came too late to test anything"
 
-    res = subprocess.run([*ADVTUNE, "resume", str(study)], env=_env(tmp_path / "cache"), capture_output=True,
-                         text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+def test_driver_killed_twice_resumes_twice_without_losing_trials_or_redoing_epochs(tmp_path):
+    storage, name = tmp_path / "studies", "killed"
+    study = storage / name
+    env = _env(tmp_path / "cache")
+    cmd = [*ADVTUNE, "run", "--name", name, "--storage-path", str(storage), "--num-samples", str(N_TRIALS),
+           "--max-epochs", str(EPOCHS), "--concurrency", "2", "--grace-period", str(EPOCHS),  # no pruning here
+           "--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=3"]
+    _run_and_kill(cmd, study, env, tmp_path / "run.log", at_least=2)
+    first = StudyRecords(study, tensorboard=False).load()
+    n_first = _total_lines(study)
+    assert 0 < n_first < N_TRIALS * EPOCHS, "the kill came too late to test anything"
+
+    _run_and_kill([*ADVTUNE, "resume", str(study)], study, env, tmp_path / "resume1.log", at_least=n_first + 3)
+    second = StudyRecords(study, tensorboard=False).load()
+    assert n_first < _total_lines(study) < N_TRIALS * EPOCHS, "the second kill came too late"
+
+    res = subprocess.run([*ADVTUNE, "resume", str(study)], env=env, capture_output=True, text=True, timeout=600,
+                         stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "best trial" in res.stdout
 
@@ -73,10 +86,10 @@ def test_sigkilled_driver_resumes_without_losing_trials_or_redoing_epochs(tmp_pa
         assert rec.state == "completed", (rec.trial_id, rec.state, rec.error)
         assert [m["epoch"] for m in rec.metrics] == list(range(1, EPOCHS + 1))
         trained = [int(x) for x in (rec.directory / "epochs_trained.log").read_text().split()]
-        assert sorted(trained) == list(range(1, EPOCHS + 1)), f"{rec.trial_id} trained epochs {trained}"
-    # the trials resumed mid-way kept the epochs they had already finished
-    for old in before:
-        if old.metrics:
+        assert trained == list(range(1, EPOCHS + 1)), f"{rec.trial_id} trained epochs {trained}"
+    # the trials interrupted mid-way kept the epochs they had already finished, each time
+    for earlier in (first, second):
+        for old in earlier:
             new = next(r for r in records if r.trial_id == old.trial_id)
             assert new.metrics[: len(old.metrics)] == old.metrics
 
