@@ -20,14 +20,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from trainables.config import ConfigError
     from trainables.data import DataError
 
-    errors: list[type[BaseException]] = [ConfigError, DataError, CheckpointError]
-    try:
-        from study.errors import StudyError
+    from search_spaces import SpaceError
+    from study.errors import StudyError
 
-        errors.append(StudyError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, DataError, CheckpointError, SpaceError, StudyError)
 
 
 def _load_config(args: argparse.Namespace):

@@ -194,6 +194,13 @@ def load_starting_point(model: nn.Module, path: str | Path, trust: bool = False,
             to_load[key] = value
     report.missing = [k for k in target if k not in net_state]
     n_params = len(target)
+    if len(to_load) < min_fraction * n_params and report.reinitialized and not report.unexpected \
+            and len(to_load) + len(report.reinitialized) == n_params:
+        shapes = "; ".join(f"{k} {tuple(net_state[k].shape)} vs {tuple(target[k].shape)}" for k in report.reinitialized[:2])
+        raise CheckpointError(
+            f"checkpoint {path} fits this model except for tensors of another shape ({shapes}): its classifier was "
+            "trained for another class count than this data has. Evaluate it on its own data (--config), or fine-tune "
+            "it here (advtune train --set pretrained=FILE), which replaces the head")
     if len(to_load) < min_fraction * n_params:
         raise CheckpointError(
             f"checkpoint {path} does not fit this model: only {len(to_load)} of its {n_params} tensors match by name "

@@ -1,0 +1,225 @@
+"""Bad inputs, table-driven: each one exits non-zero with one message naming the problem and the
+fix, prints no traceback (unless --debug), and loses or overwrites nothing in an existing study."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from study.cli import main
+from trainables.models import build_model
+
+from test_data import write_cifar, write_idx
+
+TINY = ["--set", "epochs=1", "--set", "train_steps=1", "--set", "val_steps=1", "--set", "pretrained=none"]
+
+
+class Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _study(root: Path) -> Path:
+    """A study directory as advtune leaves it, with results worth protecting."""
+    d = root / "studies" / "precious"
+    (d / "trials" / "t1").mkdir(parents=True)
+    spec = {"name": "precious", "space": "sfd", "base_config": {}, "num_samples": 2, "max_epochs": 2,
+            "grace_period": 1, "requested_grace": 1, "reduction_factor": 2, "concurrency": 1, "cpus_per_trial": 1,
+            "gpus_per_trial": 0, "address": None, "storage_path": str(root / "studies"), "seed": 0,
+            "max_failures": 1}
+    (d / "advtune_study.json").write_text(json.dumps({"advtune_study": 1, "spec": spec, "space_base": {}}))
+    (d / "trials" / "t1" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "robust_acc": 0.4}) + "\n")
+    (d / "trials" / "t1" / "best.pt").write_bytes(b"weights")
+    (d / "optuna.db").write_bytes(b"sqlite")
+    return d
+
+
+def _digest(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _files(tmp: Path) -> dict[str, Path]:
+    """Every bad file the table refers to, made fresh in ``tmp``."""
+    f: dict[str, Path] = {}
+    small = build_model("small_cnn", (1, 8, 8), 10, (0.5,), (0.5,))
+    torch.save(small.state_dict(), tmp / "good.pt")
+    f["corrupt"] = tmp / "corrupt.pt"
+    f["corrupt"].write_bytes(os.urandom(4096))
+    data = (tmp / "good.pt").read_bytes()
+    f["truncated"] = tmp / "truncated.pt"
+    f["truncated"].write_bytes(data[: len(data) // 2])
+    f["text"] = tmp / "notes.txt"
+    f["text"].write_text("these are my notes, not a checkpoint\n")
+    f["arch"] = tmp / "preact.pt"
+    torch.save(build_model("preact_resnet18", (3, 32, 32), 10, (0.5,) * 3, (0.5,) * 3).state_dict(), f["arch"])
+    f["classes"] = tmp / "three_classes.pt"
+    torch.save(build_model("small_cnn", (1, 8, 8), 3, (0.5,), (0.5,)).state_dict(), f["classes"])
+    f["evil"] = tmp / "evil.pt"
+    torch.save({"model": Evil(tmp / "PWNED")}, f["evil"])
+    f["digits_cfg"] = tmp / "digits.yaml"
+    f["digits_cfg"].write_text("dataset: digits\nmodel: small_cnn\n")
+    f["cfg_unknown"] = tmp / "unknown.yaml"
+    f["cfg_unknown"].write_text("peak_lrr: 0.1\n")
+    f["cfg_python"] = tmp / "python.yaml"
+    f["cfg_python"].write_text(f"peak_lr: !!python/object/apply:os.system ['touch {tmp / 'PWNED'}']\n")
+    f["space_range"] = tmp / "space_range.yaml"
+    f["space_range"].write_text("params:\n  warmup: {uniform: [0.5, 0.1]}\n")
+    f["space_cond"] = tmp / "space_cond.yaml"
+    f["space_cond"].write_text("params:\n  warmup: {uniform: [0.0, 0.3], when: {sched: sfd}}\n")
+    f["space_type"] = tmp / "space_type.yaml"
+    f["space_type"].write_text("params:\n  peak_lr: {loguniform: [low, 0.1]}\n")
+    f["empty"] = tmp / "empty_root"
+    f["empty"].mkdir()
+    write_idx(tmp / "idx_trunc", gz=False)
+    p = tmp / "idx_trunc" / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-100])
+    f["idx_trunc"] = tmp / "idx_trunc"
+    write_idx(tmp / "idx_magic", gz=True)
+    p = tmp / "idx_magic" / "train-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(p.read_bytes()))
+    raw[2:4] = b"\x09\x99"
+    p.write_bytes(gzip.compress(bytes(raw)))
+    f["idx_magic"] = tmp / "idx_magic"
+    write_cifar(tmp / "cifar_trunc")
+    p = tmp / "cifar_trunc" / "cifar-10-batches-py" / "data_batch_3"
+    p.write_bytes(p.read_bytes()[:500])
+    f["cifar_trunc"] = tmp / "cifar_trunc"
+    f["imagefolder_empty"] = tmp / "imgs"
+    (f["imagefolder_empty"] / "train").mkdir(parents=True)
+    f["empty_study"] = tmp / "studies" / "empty"
+    f["empty_study"].mkdir(parents=True)
+    (f["empty_study"] / "advtune_study.json").write_text(json.dumps({"spec": {}}))
+    f["not_study"] = tmp / "not_a_study"
+    f["not_study"].mkdir()
+    return f
+
+
+# (id, argv builder, needles: the problem and the fix, all must appear in the message)
+Case = tuple[str, Callable[[dict, Path], list[str]], list[str]]
+CASES: list[Case] = [
+    # CLI flags
+    ("num-samples 0", lambda f, t: ["run", "--num-samples", "0", "--storage-path", str(t / "studies")],
+     ["--num-samples 0", "at least 1"]),
+    ("fractional GPUs above 1", lambda f, t: ["run", "--gpus-per-trial", "1.5", "--storage-path", str(t / "studies")],
+     ["--gpus-per-trial 1.5", "whole GPUs"]),
+    ("unknown space", lambda f, t: ["run", "--space", "sdf", "--storage-path", str(t / "studies")],
+     ["'sdf'", "preset", "sfd"]),
+    ("study name taken", lambda f, t: ["run", "--name", "precious", "--storage-path", str(t / "studies")],
+     ["already exists", "advtune resume", "another --name"]),
+    ("resume a folder advtune did not write", lambda f, t: ["resume", str(f["not_study"])],
+     ["not an advtune study directory", "advtune run"]),
+    ("export a study with no results", lambda f, t: ["export", str(f["empty_study"])],
+     ["no trial with a finished validation", "nothing to export"]),
+    # trial configs
+    ("unknown --set key", lambda f, t: ["train", "--set", "peak_lrr=0.1"], ["peak_lrr", "did you mean 'peak_lr'"]),
+    ("epsilon out of range", lambda f, t: ["train", "--set", "eval_eps=1.5"], ["eval_eps", "out of range", "8/255"]),
+    ("epsilon not a number", lambda f, t: ["train", "--set", "eval_eps=eight"], ["eval_eps", "8/255"]),
+    ("negative training epsilon", lambda f, t: ["train", "--set", "train_eps=-0.1"], ["train_eps", "out of range"]),
+    ("bad choice", lambda f, t: ["train", "--set", "attack=pgdd"], ["attack", "did you mean 'pgd'"]),
+    ("wrong type", lambda f, t: ["train", "--set", "batch_size=big"], ["batch_size", "not an integer"]),
+    ("bad milestones", lambda f, t: ["train", "--set", "milestones=[0.9,0.5]"], ["milestones", "increasing"]),
+    ("malformed --set", lambda f, t: ["train", "--set", "peak_lr"], ["key=value", "--set peak_lr=0.1"]),
+    ("missing config file", lambda f, t: ["train", "--config", str(t / "nope.yaml")], ["nope.yaml", "does not exist"]),
+    ("unknown key in a config file", lambda f, t: ["train", "--config", str(f["cfg_unknown"])],
+     ["unknown.yaml", "peak_lrr", "did you mean"]),
+    ("python tag in a config file", lambda f, t: ["train", "--config", str(f["cfg_python"])],
+     ["python.yaml", "not valid YAML"]),
+    # search-space files
+    ("space: inverted range", lambda f, t: ["run", "--space", str(f["space_range"]), "--storage-path", str(t / "studies")],
+     ["space_range.yaml", "params.warmup.uniform", "low must be below high"]),
+    ("space: bad condition", lambda f, t: ["run", "--space", str(f["space_cond"]), "--storage-path", str(t / "studies")],
+     ["space_cond.yaml", "when.sched", "defined above"]),
+    ("space: bad type", lambda f, t: ["run", "--space", str(f["space_type"]), "--storage-path", str(t / "studies")],
+     ["space_type.yaml", "params.peak_lr.loguniform", "not a number"]),
+    # dataset roots
+    ("missing dataset root", lambda f, t: ["train", *TINY, "--set", "dataset=mnist", "--set", f"data_root={t / 'nowhere'}"],
+     ["nowhere", "does not exist", "data_root"]),
+    ("empty dataset root", lambda f, t: ["train", *TINY, "--set", "dataset=fashion-mnist", "--set",
+                                          f"data_root={f['empty']}"], ["empty_root", "train-images-idx3-ubyte"]),
+    ("truncated IDX file", lambda f, t: ["train", *TINY, "--set", "dataset=mnist", "--set", f"data_root={f['idx_trunc']}"],
+     ["train-images-idx3-ubyte", "truncated"]),
+    ("IDX file of the wrong format", lambda f, t: ["train", *TINY, "--set", "dataset=mnist", "--set",
+                                                    f"data_root={f['idx_magic']}"], ["train-labels-idx1-ubyte", "magic"]),
+    ("truncated CIFAR batch", lambda f, t: ["train", *TINY, "--set", "dataset=cifar10", "--set",
+                                             f"data_root={f['cifar_trunc']}"], ["data_batch_3"]),
+    ("CIFAR not there, download not asked", lambda f, t: ["train", *TINY, "--set", "dataset=cifar10", "--set",
+                                                           f"data_root={f['empty']}"], ["download=true"]),
+    ("empty image folder", lambda f, t: ["train", *TINY, "--set", "dataset=imagefolder", "--set",
+                                          f"data_root={f['imagefolder_empty']}"], ["imgs"]),
+    # checkpoints
+    ("corrupt checkpoint", lambda f, t: ["eval", "--checkpoint", str(f["corrupt"]), "--config", str(f["digits_cfg"])],
+     ["corrupt.pt", "corrupt", "another copy"]),
+    ("truncated checkpoint", lambda f, t: ["eval", "--checkpoint", str(f["truncated"]), "--config", str(f["digits_cfg"])],
+     ["truncated.pt", "another copy"]),
+    ("not a checkpoint at all", lambda f, t: ["eval", "--checkpoint", str(f["text"]), "--config", str(f["digits_cfg"])],
+     ["notes.txt", "not a PyTorch checkpoint"]),
+    ("missing checkpoint", lambda f, t: ["eval", "--checkpoint", str(t / "gone.pt")], ["gone.pt", "does not exist"]),
+    ("checkpoint of another architecture", lambda f, t: ["train", "--set", f"pretrained={f['arch']}", *TINY[:-2]],
+     ["preact.pt", "does not fit this model", "--set model="]),
+    ("checkpoint with another class count", lambda f, t: ["eval", "--checkpoint", str(f["classes"]), "--config",
+                                                          str(f["digits_cfg"])], ["three_classes.pt", "class count"]),
+    ("checkpoint that runs code when unpickled", lambda f, t: ["eval", "--checkpoint", str(f["evil"]), "--config",
+                                                               str(f["digits_cfg"])], ["evil.pt", "--trust-checkpoint"]),
+    ("foreign checkpoint without a config", lambda f, t: ["eval", "--checkpoint", str(t / "good.pt")],
+     ["good.pt", "--config"]),
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    files = _files(tmp)
+    study = _study(tmp)
+    return tmp, files, study, _digest(study)
+
+
+@pytest.mark.parametrize("case_id,argv,needles", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_error_and_loses_nothing(workspace, capsys, monkeypatch, case_id, argv, needles):
+    tmp, files, study, before = workspace
+    monkeypatch.chdir(tmp)  # `advtune train` writes under ./runs: keep it in the sandbox
+    rc = main(argv(files, tmp))
+    out, err = capsys.readouterr()
+    assert rc != 0
+    assert "Traceback" not in err + out
+    message = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(message) == 1, err
+    for needle in needles:
+        assert needle in message[0], (case_id, message[0])
+    assert _digest(study) == before, "a bad input changed an existing study"
+    assert not (tmp / "PWNED").exists(), "code in an input file ran"
+
+
+def test_there_are_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+def test_debug_shows_the_traceback_instead(workspace):
+    from trainables.config import ConfigError
+
+    with pytest.raises(ConfigError, match="peak_lrr"):
+        main(["--debug", "train", "--set", "peak_lrr=0.1"])
+
+
+def test_trust_checkpoint_is_what_unlocks_full_unpickling(workspace, capsys):
+    tmp, files, *_ = workspace
+    marker = tmp / "TRUSTED_RAN"
+    evil = tmp / "evil_trusted.pt"
+    torch.save({"model": Evil(marker)}, evil)
+    main(["eval", "--checkpoint", str(evil), "--config", str(files["digits_cfg"])])
+    assert not marker.exists()
+    main(["eval", "--checkpoint", str(evil), "--config", str(files["digits_cfg"]), "--trust-checkpoint"])
+    assert marker.exists(), "with --trust-checkpoint the file is fully unpickled (documented as running its code)"
+    shutil.rmtree(tmp / "runs", ignore_errors=True)
+    capsys.readouterr()
+
