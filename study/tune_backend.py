@@ -169,7 +169,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return True
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    # A study on this machine: no dashboard UI; what remains of Ray's dashboard process (its job API) is bound
+    # to loopback. Ray's own gRPC ports are protected by its token authentication (on by default).
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
+             log_to_driver=False)
     return True
 
 
