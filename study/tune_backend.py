@@ -57,12 +57,24 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
 class StudyCallback(tune.Callback):
     """Driver-side: writes every trial's records and TensorBoard events (ASHA-stopped trials too)
-    and prints a line when a trial ends."""
+    and keeps the live progress table."""
 
-    def __init__(self, study_dir: str, echo: bool = True) -> None:
+    def __init__(self, study_dir: str, total: int) -> None:
         self.records = StudyRecords(study_dir)
-        self.echo = echo
+        self.total = total
         self._last: dict[str, dict] = {}
+        self._table = None
+
+    def __getstate__(self) -> dict:  # pickled into Tune's experiment state: no open streams
+        return {**self.__dict__, "_table": None}
+
+    @property
+    def table(self):
+        from .progress import LiveTable
+
+        if self._table is None:
+            self._table = LiveTable(self.total)
+        return self._table
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.records.on_start(trial.trial_id, trial.config)
@@ -70,13 +82,15 @@ class StudyCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._last[trial.trial_id] = result
         self.records.on_result(trial.trial_id, result)
+        self.table.result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = self._last.get(trial.trial_id) or trial.last_result or {}
         status = last.get("status", "running")
         state = "pruned" if status == "running" else status
         self.records.on_end(trial.trial_id, state)
-        self._say(trial.trial_id, state, last)
+        reason = f"stopped by ASHA at epoch {last.get('epoch', 0):g}" if state == "pruned" else last.get("stop_reason", "")
+        self.table.end(trial.trial_id, state, reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         message = ""
@@ -84,19 +98,10 @@ class StudyCallback(tune.Callback):
             lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
             message = lines[-1] if lines else ""
         self.records.on_end(trial.trial_id, "error", message)
-        self._say(trial.trial_id, "error", {"stop_reason": message})
+        self.table.end(trial.trial_id, "error", message)
 
     def on_experiment_end(self, trials, **info):
         self.records.close()
-
-    def _say(self, trial_id: str, state: str, last: dict) -> None:
-        if not self.echo:
-            return
-        acc = last.get("best_robust_acc")
-        extra = f" best robust {100 * acc:.1f}%" if isinstance(acc, (int, float)) else ""
-        epoch = last.get("epoch")
-        print(f"  trial {trial_id}: {state}" + (f" after epoch {epoch:g}" if epoch is not None else "") + extra
-              + (f" — {last['stop_reason']}" if last.get("stop_reason") else ""), flush=True)
 
 
 def _trainable(spec, study_dir: Path):
@@ -129,7 +134,7 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
             name=spec.name, storage_path=str(spec.storage_path), verbose=1 if spec.verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[StudyCallback(str(study_dir), echo=True)],
+            callbacks=[StudyCallback(str(study_dir), spec.num_samples)],
             progress_reporter=None if spec.verbose else _Silent()))
 
 
@@ -152,7 +157,7 @@ class _Silent(tune.ProgressReporter):
         pass
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:
     """Connect to ``address`` or start Ray on this machine (dashboard off). Returns True if we
     started it (and so must shut it down)."""
     if ray.is_initialized():
@@ -164,6 +169,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Tune's result table reader looks for Ray's own per-trial logs, which advtune replaces by its records.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if not verbose:  # Ray's per-checkpoint INFO lines; the live table says what matters
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        logging.getLogger("ray").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if address:
