@@ -36,7 +36,7 @@ def _launch(spec, space, study_dir: Path, resume: bool) -> int:
     from .export import compute_summary, export, load_study
     from .spec import check_resources, check_storage
 
-    started = tb.init_ray(spec.address, num_cpus=None)
+    started = tb.init_ray(spec.address, num_cpus=None, verbose=spec.verbose)
     t0 = time.time()
     try:
         nodes = tb.cluster_nodes()
