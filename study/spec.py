@@ -98,8 +98,11 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
         raise StudyError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 a trial needs whole GPUs")
     name = args.name or f"{space.name}-{base.dataset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage_path or os.environ.get("ADVTUNE_STORAGE", "advtune_runs")
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
+    if "://" in storage:
+        raise StudyError(f"--storage-path {storage}: cloud URIs are not supported yet; mount the bucket on every node "
+                         "(s3fs, gcsfuse, mountpoint-s3, blobfuse2) and pass the mount path, e.g. --storage-path "
+                         "/mnt/bucket/advtune")
+    storage = str(Path(storage).expanduser().resolve())
     spec = StudySpec(name=name, space=str(space.source), base_config=base, num_samples=args.num_samples,
                      max_epochs=args.max_epochs, grace_period=grace, requested_grace=args.grace_period or 1,
                      reduction_factor=args.reduction_factor, concurrency=args.concurrency,
@@ -159,7 +162,7 @@ def _fs_type(path: Path) -> str:
 
 def check_storage(spec: StudySpec, n_nodes: int) -> None:
     """On a multi-node cluster, trials on other nodes must reach the study directory."""
-    if n_nodes <= 1 or "://" in spec.storage_path or spec.assume_shared_storage:
+    if n_nodes <= 1 or spec.assume_shared_storage:
         return
     existing = Path(spec.storage_path)
     while not existing.exists() and existing != existing.parent:
@@ -169,8 +172,8 @@ def check_storage(spec: StudySpec, n_nodes: int) -> None:
         raise StudyError(
             f"storage path {spec.storage_path} is on this machine's local disk ({fstype or 'unknown filesystem'}), but the "
             f"cluster has {n_nodes} nodes: trials on other nodes could not write their checkpoints there. Use shared "
-            "storage: --storage-path /mnt/nfs/advtune (a filesystem every node mounts at the same path) or a cloud URI "
-            "such as s3://bucket/advtune. If this path IS shared (same machine, or a filesystem advtune does not "
+            "storage: --storage-path /mnt/nfs/advtune (a filesystem every node mounts at the same path, NFS or a "
+            "mounted bucket). If this path IS shared (same machine, or a filesystem advtune does not "
             "recognise), pass --assume-shared-storage.")
 
 

@@ -107,8 +107,7 @@ class StudyCallback(tune.Callback):
 def _trainable(spec, study_dir: Path):
     from trainables.tune_adapter import trial_fn
 
-    local = "://" not in str(spec.storage_path)
-    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(), study_dir=str(study_dir) if local else None)
+    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(), study_dir=str(study_dir))
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
     return tune.with_resources(fn, resources)
 

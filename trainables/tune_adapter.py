@@ -6,14 +6,12 @@ Whatever interrupts it — a retry after an exception, a node lost, a driver kil
 resumed — it therefore restarts from its newest finished epoch: no finished epoch is ever redone,
 and only two checkpoint files per trial ever exist. (Ray's own experiment snapshot is written
 periodically and can lag a trial by an epoch; that is why advtune does not rely on it for trial
-state.) For storage that is not a filesystem path (a cloud URI), the checkpoint goes through
-``tune.report(checkpoint=...)`` instead and resumes from ``tune.get_checkpoint()``.
+state.) The study directory must be a filesystem path every node sees (NFS, a mounted bucket).
 """
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ FAULT_ENV = "ADVTUNE_INJECT_FAULT"
 
 
 class TuneReporter:
-    def __init__(self, trial_dir: Path | None) -> None:
+    def __init__(self, trial_dir: Path) -> None:
         self.trial_dir = trial_dir
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
@@ -36,10 +34,7 @@ class TuneReporter:
         from ray import tune
 
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
-        if checkpoint_dir is None:
-            tune.report(metrics)
-            return
-        if self.trial_dir is not None:
+        if checkpoint_dir is not None:
             with open(self.trial_dir / "epochs_trained.log", "a") as log:  # append-only: proves no epoch is redone
                 log.write(f"{metrics['epoch']}\n")
             for name in ("best.pt", "last.pt"):  # best first: a kill in between leaves a consistent pair
@@ -48,13 +43,10 @@ class TuneReporter:
                     shutil.copyfile(src, self.trial_dir / f".{name}.tmp")
                     os.replace(self.trial_dir / f".{name}.tmp", self.trial_dir / name)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            tune.report(metrics)
-        else:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        tune.report(metrics)
 
 
-def _maybe_inject_fault(trial_dir: Path | None, epoch_done: int, cfg: TrialConfig) -> None:
+def _maybe_inject_fault(trial_dir: Path, epoch_done: int, cfg: TrialConfig) -> None:
     for spec in filter(None, os.environ.get(FAULT_ENV, "").split(";")):
         epoch, _, rest = spec.partition(":")
         attempts, _, match = rest.partition(":")
@@ -62,7 +54,7 @@ def _maybe_inject_fault(trial_dir: Path | None, epoch_done: int, cfg: TrialConfi
             key, _, value = match.partition("=")
             if str(getattr(cfg, key)) != value:
                 continue
-        marker = (trial_dir or Path(tempfile.gettempdir())) / ".injected_faults"
+        marker = trial_dir / ".injected_faults"
         count = int(marker.read_text()) if marker.exists() else 0
         if epoch_done == int(epoch) and count < int(attempts or 1_000_000):
             marker.write_text(str(count + 1))
@@ -70,7 +62,7 @@ def _maybe_inject_fault(trial_dir: Path | None, epoch_done: int, cfg: TrialConfi
 
 
 class _FaultingReporter(TuneReporter):
-    def __init__(self, trial_dir: Path | None, cfg: TrialConfig) -> None:
+    def __init__(self, trial_dir: Path, cfg: TrialConfig) -> None:
         super().__init__(trial_dir)
         self.cfg = cfg
 
@@ -80,30 +72,22 @@ class _FaultingReporter(TuneReporter):
             _maybe_inject_fault(self.trial_dir, int(metrics["epoch"]), self.cfg)
 
 
-def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str | None) -> None:
+def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str) -> None:
     """Ray Tune function trainable: ``params`` are the trial's searched values, ``base`` the
-    study's fixed trial config, ``study_dir`` a filesystem path (None for cloud storage)."""
+    study's fixed trial config, ``study_dir`` the study directory (a path every node sees)."""
     from ray import tune
 
     from . import finetune
 
     cfg = TrialConfig.from_dict({**base, **params})
-    trial_dir = None
-    if study_dir is not None:
-        trial_dir = Path(study_dir) / "trials" / tune.get_context().get_trial_id()
-        trial_dir.mkdir(parents=True, exist_ok=True)
-    resume = None
-    if trial_dir is not None and (trial_dir / "last.pt").exists():
-        resume = trial_dir
-    else:
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            resume = checkpoint.to_directory()
+    trial_dir = Path(study_dir) / "trials" / tune.get_context().get_trial_id()
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    resume = trial_dir if (trial_dir / "last.pt").exists() else None
     reporter = TuneReporter(trial_dir)
     if os.environ.get(FAULT_ENV):
         reporter = _FaultingReporter(trial_dir, cfg)
-        done = trial_dir / "epochs_trained.log" if trial_dir is not None else None
-        if done is not None and done.exists() and done.read_text().split():
+        done = trial_dir / "epochs_trained.log"
+        if done.exists() and done.read_text().split():
             # a retried trial crashes again where it crashed before, until its attempts are used up
             _maybe_inject_fault(trial_dir, int(float(done.read_text().split()[-1])), cfg)
     finetune.run(cfg, reporter, resume_from=resume)
