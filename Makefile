@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench-quick clean
+.PHONY: run test install docs-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) advtune_runs runs
+
+docs-check: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q tests/test_docs.py
