@@ -9,29 +9,35 @@ from pathlib import Path
 
 from .errors import StudyError
 
-__all__ = ["register", "cmd_run", "cmd_resume", "cmd_status", "cmd_export"]
+__all__ = ["register", "cmd_run", "cmd_resume", "cmd_status", "cmd_export", "cmd_report"]
 
 
-def _prepare_pretrained(spec, study_dir: Path):
-    """Pretrain once in the driver and put the starting point inside the study directory, so that
-    every trial (on any node, through shared storage) loads the very same weights."""
+def _pretrained_target(spec, study_dir: Path):
+    """With ``pretrained: auto`` every trial loads ``<study>/pretrained/best.pt`` — one starting
+    point for all, visible to every node through the shared study directory. Returns the spec that
+    points there and the config to pretrain with (None when a starting point was given)."""
     cfg = spec.base_config
     if cfg.pretrained != "auto":
-        return spec
+        return spec, None
     from dataclasses import replace
 
-    from trainables.pretrain import ensure_pretrained
-
     target = study_dir / "pretrained" / "best.pt"
-    if not target.exists():
-        print("pretraining the starting point (natural training, cached)…", flush=True)
-        src = ensure_pretrained(cfg, progress=False)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
-    return replace(spec, base_config=cfg.replace(pretrained=str(target)))
+    return replace(spec, base_config=cfg.replace(pretrained=str(target))), cfg
 
 
-def _launch(spec, space, study_dir: Path, resume: bool) -> int:
+def _ensure_pretrained(tb, spec, pretrain_cfg: dict | None) -> None:
+    """Pretrain on the cluster, with one trial's resources (a GPU where trials have one), not on
+    the driver's machine; nothing to do when the file is there (a resumed study)."""
+    target = Path(spec.base_config.pretrained or "")
+    if pretrain_cfg is None or target.exists():
+        return
+    from trainables.pretrain import pretrain_into
+
+    print("pretraining the starting point (natural training, cached)…", flush=True)
+    tb.run_task(pretrain_into, pretrain_cfg, str(target), num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial)
+
+
+def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | None) -> int:
     from . import tune_backend as tb
     from .export import compute_summary, export, load_study
     from .spec import check_resources, check_storage
@@ -42,6 +48,7 @@ def _launch(spec, space, study_dir: Path, resume: bool) -> int:
         nodes = tb.cluster_nodes()
         check_resources(spec, nodes)
         check_storage(spec, len(nodes))
+        _ensure_pretrained(tb, spec, pretrain_cfg)
         tuner = tb.restore_tuner(spec, study_dir) if resume else tb.make_tuner(spec, space, study_dir)
         tb.fit(tuner)
     finally:
@@ -76,11 +83,11 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _write_marker(spec, space, study_dir: Path) -> None:
+def _write_marker(spec, space, study_dir: Path, pretrain: dict | None) -> None:
     from .records import MARKER
 
     data = {"advtune_study": 1, "spec": spec.to_dict(), "space_base": space.base,
-            "space_params": [p.name for p in space.params]}
+            "space_params": [p.name for p in space.params], "pretrain_from": pretrain}
     study_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(space.source, study_dir / "space.yaml")
     (study_dir / MARKER).write_text(json.dumps(data, indent=2, default=str))
@@ -99,9 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if study_dir.exists() and any(study_dir.iterdir()):
         raise StudyError(f"study directory {study_dir} already exists; continue it with `advtune resume {study_dir}` "
                          "or choose another --name")
-    spec = _prepare_pretrained(spec, study_dir)
-    _write_marker(spec, space, study_dir)
-    return _launch(spec, space, study_dir, resume=False)
+    spec, pretrain_cfg = _pretrained_target(spec, study_dir)
+    pretrain = pretrain_cfg.to_dict() if pretrain_cfg is not None else None
+    _write_marker(spec, space, study_dir, pretrain)
+    return _launch(spec, space, study_dir, resume=False, pretrain_cfg=pretrain)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -119,7 +127,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         spec = replace(spec, address=args.address)
     print(f"resuming study {spec.name} in {study_dir}", flush=True)
-    return _launch(spec, None, study_dir, resume=True)
+    return _launch(spec, None, study_dir, resume=True, pretrain_cfg=marker.get("pretrain_from"))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -141,6 +149,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {paths[0]}")
     for p in paths[1:]:
         print(f"  {p}   rerun: advtune train --config {p}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    index = write_report(args.study, out=args.out, top_k=args.top_k)
+    print(f"wrote {index}  (and the PNG plots beside it; open it in a browser, no network needed)")
     return 0
 
 
@@ -188,5 +204,13 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.add_argument("--out", default=None, help="folder (default STUDY/export)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="plots and one HTML page of a study (schedules, Pareto, curves, compute)",
+                       description="Write PNG plots and a self-contained index.html about a study, read from its "
+                       "files (no Ray needed).")
+    p.add_argument("study")
+    p.add_argument("--out", default=None, help="folder (default STUDY/report)")
+    p.add_argument("--top-k", type=int, default=5, help="trials whose schedules and configs are shown (default 5)")
+    p.set_defaults(func=cmd_report)
 
 

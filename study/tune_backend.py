@@ -183,6 +183,11 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     return True
 
 
+def run_task(fn, *args: Any, num_cpus: float, num_gpus: float) -> Any:
+    """Run ``fn(*args)`` once on the cluster with these resources and return its result."""
+    return ray.get(ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)(fn).remote(*args))
+
+
 def cluster_nodes() -> list[dict[str, Any]]:
     """Alive nodes with their total resources."""
     return [{"id": n["NodeID"], "resources": n.get("Resources", {})} for n in ray.nodes() if n.get("Alive")]

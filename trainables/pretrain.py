@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import TrialConfig
 
-__all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained"]
+__all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained", "pretrain_into"]
 
 _KEY_FIELDS = ("dataset", "data_root", "image_size", "val_size", "split_seed", "model", "pretrain_epochs",
                "pretrain_lr", "batch_size", "augment")
@@ -57,3 +57,19 @@ def ensure_pretrained(cfg: TrialConfig, progress: bool = False) -> Path:
             reporter = LocalReporter(path.parent, echo=progress, keep_last=False)
             finetune.run(pcfg, reporter, progress=progress)
     return path
+
+
+def pretrain_into(cfg: dict, target: str) -> str:
+    """Make ``cfg``'s starting point (cached) and copy it to ``target`` atomically. Runs as a Ray
+    task on a cluster node, so ``cfg`` is a plain dict."""
+    import shutil
+    import tempfile
+
+    src = ensure_pretrained(TrialConfig.from_dict(cfg))
+    out = Path(target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".best.pt.")
+    os.close(fd)
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, out)
+    return str(out)
