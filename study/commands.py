@@ -1,4 +1,4 @@
-"""`advtune run | resume | status | export`: the study commands."""
+"""`advtune run | resume | status | export | report`: the study commands."""
 from __future__ import annotations
 
 import argparse

@@ -1,0 +1,154 @@
+"""The HTML page of `advtune report`: one file, images embedded as data URIs, no scripts, nothing
+fetched from the network (it opens offline, from any folder, and can be mailed as is)."""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+from pathlib import Path
+from typing import Any
+
+from .records import TrialRecord
+
+__all__ = ["render", "CAPTIONS"]
+
+# file -> (alt text, one-line caption saying how to read the plot)
+CAPTIONS = {
+    "schedules.png": ("learning-rate schedules and epsilon ramps of the top trials",
+                      "Top: each top trial's learning rate over training (bottom axis: fraction of steps, top axis: "
+                      "epochs); bottom: its training epsilon ramp against the evaluation epsilon. Dotted parts were "
+                      "never run (the trial was stopped early)."),
+    "pareto.png": ("clean versus robust validation accuracy with the Pareto front",
+                   "One point per trial at its best (robust) epoch; ringed points are on the Pareto front (no other "
+                   "trial beats them on both clean and robust accuracy); up and right is better."),
+    "curves.png": ("robust validation accuracy per epoch of every trial with ASHA rungs",
+                   "One line per trial, coloured by its final state; dotted verticals are ASHA's rungs, where a trial "
+                   "below the top 1/reduction-factor stops; an X marks where ASHA stopped a trial."),
+    "importance.png": ("parameter importance from Optuna's fANOVA evaluator",
+                       "A longer bar means that parameter explains more of the variation in best robust accuracy "
+                       "across completed trials (Optuna fANOVA; pruned trials are left out)."),
+    "params.png": ("best robust accuracy against each searched parameter",
+                   "One panel per searched parameter: each point is a trial's best robust accuracy at the value it "
+                   "tried; the ringed point is the best trial. Pruned trials ran fewer epochs, so tend to sit lower."),
+    "compute.png": ("grad passes spent per trial and in total against the no-pruning cost",
+                    "Coloured bars: grad passes each trial spent; hatched bars: what it would have cost run to the "
+                    "last epoch. Right: the study's total against running every trial to the end."),
+}
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em; }
+.meta { color: #666; font-size: 0.9em; }
+ul.summary { padding-left: 1.2em; } ul.summary li { margin: 0.15em 0; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { color: #444; font-size: 0.92em; margin-top: 0.3em; }
+table { border-collapse: collapse; font-size: 0.9em; } th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; }
+th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.95em; }
+.state { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 50%; margin-right: 0.35em; }
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _summary(marker: dict[str, Any], records: list[TrialRecord], top: list[TrialRecord],
+             summary: dict[str, float]) -> list[str]:
+    from .spec import asha_rungs
+
+    spec, b = marker["spec"], marker["spec"].get("base_config", {})
+    states: dict[str, int] = {}
+    for r in records:
+        states[r.state] = states.get(r.state, 0) + 1
+    best = top[0]
+    clean = max((r for r in records if r.best), key=lambda r: r.best["clean_acc"])
+    spent, full = summary["grad_passes"], summary["grad_passes_no_pruning"]
+    share = f" ({100 * spent / full:.0f}%)" if full else ""
+    rungs = asha_rungs(spec["grace_period"], spec["reduction_factor"], spec["max_epochs"])
+    return [
+        f"<b>{len(records)}</b> trials recorded of {spec.get('num_samples', '?')} planned: "
+        + ", ".join(f"{n} {_e(s.replace('_', ' '))}" for s, n in sorted(states.items(), key=lambda kv: -kv[1])),
+        f"<b>{summary['pruned']}</b> stopped early by ASHA (rungs at epoch "
+        f"{', '.join(str(r) for r in rungs) or 'none'}; up to {spec['max_epochs']} epochs a trial)",
+        f"best robust validation accuracy <b>{_pct(best.best['robust_acc'])}%</b> "
+        f"(clean {_pct(best.best['clean_acc'])}%)"
+        f" — trial <code>{_e(best.trial_id)}</code> ({_e(best.state)}) at epoch {_fmt(best.best['epoch'])}",
+        f"highest clean validation accuracy at a trial's best epoch {_pct(clean.best['clean_acc'])}% — trial "
+        f"<code>{_e(clean.trial_id)}</code> (robust {_pct(clean.best['robust_acc'])}%)",
+        f"compute: <b>{spent:,.0f}</b> grad passes spent, against {full:,.0f} without pruning{share}; "
+        f"{summary['trial_seconds']:,.0f} trial-seconds",
+        f"threat model: {_e(b.get('norm', '?'))} eval ε {_fmt(float(b.get('eval_eps', 0)))} (pixel units), "
+        f"validation PGD-{_e(b.get('val_steps', '?'))}; data {_e(b.get('dataset', '?'))}, model "
+        f"{_e(b.get('model', '?'))}",
+    ]
+
+
+def _table(top: list[TrialRecord], names: list[str]) -> str:
+    from .report import STATE_COLORS
+
+    head = ["rank", "trial", "state", "best robust %", "clean %", "epoch", "epochs run"] + names
+    rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for rank, r in enumerate(top, 1):
+        dot = f'<span class="state" style="background:{STATE_COLORS.get(r.state, "grey")}"></span>'
+        cells = [f'<td class="num">{rank}</td>', f"<td><code>{_e(r.trial_id)}</code></td>",
+                 f"<td>{dot}{_e(r.state.replace('_', ' '))}</td>",
+                 f'<td class="num">{_pct(r.best["robust_acc"])}</td>',
+                 f'<td class="num">{_pct(r.best["clean_acc"])}</td>',
+                 f'<td class="num">{_fmt(r.best["epoch"])}</td>', f'<td class="num">{_fmt(r.epochs_run)}</td>']
+        cells += [f'<td class="num">{_e(_fmt(r.params[n])) if n in r.params else "-"}</td>' for n in names]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return "<table>\n" + "\n".join(rows) + "\n</table>"
+
+
+def render(marker: dict[str, Any], records: list[TrialRecord], top: list[TrialRecord], names: list[str],
+           summary: dict[str, float], plots: list[str], out_dir: Path, study_dir: Path) -> str:
+    """The whole page as a string; ``plots`` are PNG file names already written in ``out_dir``."""
+    name = marker["spec"]["name"]
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    figures = "\n".join(
+        f'<figure id="{_e(Path(p).stem)}">\n<img src="{_data_uri(out_dir / p)}" alt="{_e(CAPTIONS[p][0])}" '
+        f'data-file="{_e(p)}">\n<figcaption><b>{_e(p)}</b> — {_e(CAPTIONS[p][1])}</figcaption>\n</figure>'
+        for p in plots)
+    items = "\n".join(f"<li>{line}</li>" for line in _summary(marker, records, top, summary))
+    rerun = f"advtune export {study_dir} --top-k {len(top)}"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>advtune report: {_e(name)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>advtune report: {_e(name)}</h1>
+<p class="meta">written {stamp} by <code>advtune report</code>; accuracies are on the validation split (selection
+never touches the test set); the PNG files beside this page are the same plots.</p>
+<h2>Summary</h2>
+<ul class="summary">
+{items}
+</ul>
+<h2>Top {len(top)} trials by best robust validation accuracy</h2>
+{_table(top, names)}
+<p class="meta">Export them as configs that <code>advtune train --config</code> reruns:
+<code>{_e(rerun)}</code></p>
+<h2>Plots</h2>
+{figures}
+</body>
+</html>
+"""
