@@ -12,7 +12,7 @@ from trainables.config import TrialConfig
 from .errors import StudyError
 from .records import StudyRecords, TrialRecord, read_marker
 
-__all__ = ["load_study", "status_table", "pareto", "export", "compute_summary"]
+__all__ = ["load_study", "status_table", "pareto", "export", "compute_summary", "trial_config"]
 
 
 def load_study(study_dir: str | Path) -> tuple[dict[str, Any], list[TrialRecord]]:
@@ -46,10 +46,13 @@ def pareto(records: list[TrialRecord]) -> list[TrialRecord]:
     return sorted(front, key=lambda r: -r.best["robust_acc"])
 
 
+def trial_config(marker: dict[str, Any], rec: TrialRecord) -> TrialConfig:
+    """A trial's full config: the study's base config, the space's fixed values, its searched values."""
+    return TrialConfig.from_dict(marker["spec"]["base_config"]).replace(**marker.get("space_base", {}), **rec.params)
+
+
 def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path) -> dict[str, Any]:
-    base = TrialConfig.from_dict(marker["spec"]["base_config"])
-    space_base = marker.get("space_base", {})
-    cfg = base.replace(**space_base, **rec.params)
+    cfg = trial_config(marker, rec)
     best = rec.best or {}
     return {
         "trial_id": rec.trial_id,

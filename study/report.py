@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StudyError
-from .export import compute_summary, load_study, pareto
+from .export import compute_summary, load_study, pareto, trial_config
 from .records import TrialRecord
 
 __all__ = ["write_report", "STATE_COLORS"]
@@ -70,14 +70,6 @@ def searched_params(marker: dict[str, Any], records: list[TrialRecord]) -> list[
     for r in records:
         names += [k for k in r.params if k not in names]
     return names
-
-
-def trial_config(marker: dict[str, Any], rec: TrialRecord):
-    """The trial's full config, built the way `advtune export` builds it."""
-    from trainables.config import TrialConfig
-
-    base = TrialConfig.from_dict(marker["spec"]["base_config"])
-    return base.replace(**marker.get("space_base", {}), **rec.params)
 
 
 # --- figure helpers --------------------------------------------------------------------------------------
