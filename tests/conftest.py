@@ -110,3 +110,14 @@ def recorder(tmp_path: Path):
 
     make.Interrupted = Interrupted  # type: ignore[attr-defined]
     return make
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """Ray on this machine for one test module (never a bare ray.init(): it would join any cluster running
+    here), shut down after the module."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

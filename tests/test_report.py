@@ -28,13 +28,6 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def study(local_ray, tmp_path_factory) -> Path:
     storage = tmp_path_factory.mktemp("studies")
     rc = main(["run", "--name", "rep", "--storage-path", str(storage), "--num-samples", "5", "--max-epochs", "3",

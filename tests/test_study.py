@@ -6,7 +6,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -17,13 +16,6 @@ from study.records import StudyRecords
 
 TINY = ["--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=4"]
 N_TRIALS, EPOCHS = 6, 3
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
