@@ -213,3 +213,12 @@ def test_fraction_strings_are_never_evaluated(tmp_path):
     with pytest.raises(ConfigError):
         TrialConfig(eval_eps=f"__import__('pathlib').Path('{marker}').touch() or 0.1")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("value", [300, 300.0, "300"])
+def test_val_size_as_a_count_of_images_reaches_the_loader(value):
+    from trainables.data import load_splits
+
+    cfg = TrialConfig(val_size=value) if value != "300" else TrialConfig().with_overrides(["val_size=300"])
+    assert cfg.val_size == 300 and isinstance(cfg.val_size, int)
+    assert len(load_splits(cfg.dataset, cfg.data_root, cfg.val_size, cfg.split_seed).val) == 300

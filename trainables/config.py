@@ -143,6 +143,8 @@ class TrialConfig:
         set_("milestones", _milestones(self.milestones))
         for f in fields(self):
             set_(f.name, _coerce(f, getattr(self, f.name)))
+        if self.val_size >= 1 and float(self.val_size).is_integer():
+            set_("val_size", int(self.val_size))  # a count of images, not a fraction
         _validate(self)
 
     # derived values (not stored: they follow from the fields) --------------------------------------

@@ -1,0 +1,73 @@
+"""Every benchmark's ``--quick`` mode runs and prints the ratio lines it promises (with numbers).
+
+Runs each ``bench/*.py --quick`` as a subprocess (digits only: no dataset outside the package is
+needed). The four run at once, one torch thread each (3 min 6 s on the 2-core CPU machine at load ~9; local Ray
+starts several times).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM = r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?|nan|inf)"
+
+# script -> regexes, each must match a line; every named number in it must parse as a float
+PROMISES = {
+    "attack_cost.py": [
+        rf"^RATIO small_cnn@1x8x8/b128 {name} natural={NUM} bound={NUM} bound_x=\S+ cpu_bound={NUM}"
+        for name in ("natural", "fgsm_rs", "pgd-3", "pgd-7", "pgd-10", "free-4/replay", "free-4/batch")
+    ] + [rf"^RATIO preact_resnet18@3x32x32/\S+ pgd-10 natural={NUM} bound={NUM}",
+         rf"^RATIO small_cnn@1x28x28/\S+ free-4/replay natural={NUM} bound={NUM}"],
+    "overhead.py": [
+        rf"^RATIO wall_study1_vs_standalone={NUM}",
+        rf"^RATIO wall_study1_cpus2_vs_standalone={NUM}",
+        rf"^RATIO wall_studyN_vs_standalone={NUM} n=2 throughput={NUM}",
+        rf"^RATIO startup_s standalone={NUM} study1={NUM} study1_from_cli={NUM}",
+        rf"^RATIO next_trial_gap_s median={NUM} max={NUM}",
+    ],
+    "search_efficiency.py": [
+        rf"^RATIO seed=0 method={m} best={NUM} total_gp={NUM} reach_gp={NUM} reach_frac_of_a={NUM}" for m in "abc"
+    ] + [rf"^RATIO median method={m} reach_frac_of_a={NUM} total_frac_of_a={NUM}" for m in "abc"],
+    "finetune_vs_scratch.py": [
+        rf"^RATIO finetune robust={NUM} clean={NUM} grad_passes={NUM} pretrain_passes={NUM}",
+        rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
+        rf"^RATIO compute_scratch_over_finetune total={NUM} at_equal_robust={NUM}",
+    ],
+}
+# numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
+MUST_BE_FINITE = {"attack_cost.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 1), "search_efficiency.py": ()}
+
+
+def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):
+    # One thread per process: four torch processes with a thread per core each would oversubscribe the
+    # cores and spin-wait (several times slower); the quick modes check that ratios come out, not speed.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "ADVTUNE_CACHE": str(tmp_path / "cache"),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    failures = []
+    # all four at once: much of their time is Ray starting up, which waits rather than computes
+    procs = {script: subprocess.Popen([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for script in PROMISES}
+    outputs = {script: p.communicate(timeout=600) + (p.returncode,) for script, p in procs.items()}
+    for script, patterns in PROMISES.items():
+        out, err, rc = outputs[script]
+        if rc != 0:
+            failures.append(f"{script} exited {rc}:\n{err[-3000:]}")
+            continue
+        for pat in patterns:
+            m = re.search(pat, out, flags=re.MULTILINE)
+            if m is None:
+                failures.append(f"{script}: no line matching {pat!r} in:\n{out[-2000:]}")
+                continue
+            values = [float(g) for g in m.groups()]
+            finite_idx = MUST_BE_FINITE[script]
+            check = range(len(values)) if finite_idx is None else finite_idx
+            for i in check:
+                if not (math.isfinite(values[i]) and values[i] >= 0):
+                    failures.append(f"{script}: {m.group(0)!r}: value {i} is {values[i]}")
+    assert not failures, "\n\n".join(failures)
