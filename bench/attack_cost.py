@@ -51,7 +51,7 @@ def make_step(model_name: str, shape: tuple[int, int, int], batch: int, label: s
     state = {"step": 0, "free_delta": None}
     if attack == "free":
         return lambda: _free_step(cfg, model, opt, scaler, x, y, 0.1, None, state, lambda: None)
-    return lambda: _train_step(cfg, model, opt, scaler, x, y, 0.1, None, state)
+    return lambda: _train_step(cfg, model, opt, scaler, x, y, 0.1, None)
 
 
 def measure(model_name: str, shape, batch: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:

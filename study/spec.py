@@ -84,8 +84,6 @@ def asha_rungs(grace: int, reduction_factor: int, max_epochs: int) -> list[int]:
 def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
     space = load_space(args.space, base)
     base = base.replace(**space.base, epochs=args.max_epochs)
-    if base.pretrained is None or base.pretrained == "none":
-        pass
     grace_needed, _ = min_grace(space, base, args.max_epochs)
     grace = min(max(args.grace_period or 1, grace_needed), args.max_epochs)
     for name, value, lo in (("--num-samples", args.num_samples, 1), ("--max-epochs", args.max_epochs, 1),

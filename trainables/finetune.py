@@ -41,7 +41,7 @@ class TrialStopped(Exception):
     """Raised inside the loop to end a trial early with a status (diverged, catastrophic overfitting)."""
 
 
-def _train_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype, state: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _train_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One minibatch of adversarial training. Returns (summed loss, correct count, grad passes)."""
     bs = y.shape[0]
     autocast = lambda: torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)  # noqa: E731
@@ -207,7 +207,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                     lsum, corr, passes = _free_step(cfg, model, opt, scaler, x, y, eps, dtype, state, set_lr)
                 else:
                     set_lr()
-                    lsum, corr, passes = _train_step(cfg, model, opt, scaler, x, y, eps, dtype, state)
+                    lsum, corr, passes = _train_step(cfg, model, opt, scaler, x, y, eps, dtype)
                     state["step"] += 1
                 loss_sum += lsum
                 correct += corr
@@ -250,7 +250,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                     state["best"] = metrics[select_key]
                     state["best_metrics"] = {k: metrics[k] for k in ("epoch", "clean_acc", "robust_acc")}
                     save_atomic(_best_payload(cfg, model, metrics), work / "best.pt")
-                ckpt_dir = _checkpoint_dir(cfg, model, opt, scaler, state, work, metrics)
+                ckpt_dir = _checkpoint_dir(work)
             metrics.update(best_robust_acc=max(state["best"], 0.0) if select_key == "robust_acc" else
                            (state["best_metrics"] or {}).get("robust_acc", 0.0),
                            best_clean_acc=(state["best_metrics"] or {}).get("clean_acc", 0.0),
@@ -282,7 +282,7 @@ def _best_payload(cfg: TrialConfig, model, metrics: dict) -> dict:
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
 
 
-def _checkpoint_dir(cfg, model, opt, scaler, state, work: Path, metrics) -> str:
+def _checkpoint_dir(work: Path) -> str:
     d = Path(tempfile.mkdtemp(prefix="advtune-ckpt-"))
     if (work / "best.pt").exists():
         shutil.copyfile(work / "best.pt", d / "best.pt")
