@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install docs-check clean
+.PHONY: run test install system-packages docs-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/advtune run
 
-test: $(STAMP)
+# Debian packages two tests use: headless Chromium (the report page) and Fashion-MNIST (the IDX
+# loader on real files). Installed when this runs as root with apt; otherwise those tests skip.
+system-packages:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium dataset-fashion-mnist >/dev/null; \
+	else echo "note: not root with apt-get: the Chromium and Fashion-MNIST tests will be skipped"; fi
+
+test: $(STAMP) system-packages
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
 
 clean:
