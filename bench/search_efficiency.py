@@ -16,8 +16,14 @@ target is the best robust validation accuracy (a) found, minus 1 point; the scri
 compute each strategy spent when its best-so-far first reached the target, as a fraction of (a)'s
 total compute, and plots best-so-far against compute into ``docs/img/bench-search.png``.
 
-    .venv/bin/python bench/search_efficiency.py            # full: digits, 10 trials x 6 epochs, seeds 0 1 2 (~15 min)
+    .venv/bin/python bench/search_efficiency.py            # full: Fashion-MNIST subset, 12 trials x 4 epochs, seeds 0 1 2 (~35 min)
     .venv/bin/python bench/search_efficiency.py --quick    # digits, 4 trials x 2 epochs, PGD-2 validation, seed 0 (~1 min)
+
+Full mode's problem (``FULL_SETS``): Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package,
+a fixed class-stratified subset of 2,000 training images (``train_size``), 1,000 validation images
+carved from the training split, the test split untouched; ``small_cnn-16``; linf eps 0.1; FGSM-RS
+fine-tuning (the fast-AT attack of Wong et al.); PGD-5 validation; natural pretraining for 10
+epochs. ``--dataset digits`` runs the previous problem (digits, small CNN, PGD-7, linf 0.2).
 
 Prints, per seed and strategy, and the median over seeds:
     RATIO seed=<s> method=<a|b|c> best=<acc> total_gp=<n> reach_gp=<n|nan> reach_frac_of_a=<x|nan>
@@ -41,6 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"a": "random, no pruning", "b": "random + ASHA", "c": "advtune default (TPE + ASHA)"}
 COMPLETED: dict[str, float] = {}
+FULL_SETS = {
+    "fashion-mnist": ["dataset=fashion-mnist", "train_size=2000", "val_size=1000", "model=small_cnn-16", "eval_eps=0.1",
+                      "attack=fgsm_rs", "val_steps=5", "pretrain_epochs=10"],
+    "digits": [],
+}
+TITLES = {
+    "fashion-mnist": "Fashion-MNIST (2,000 train / 1,000 val images, small_cnn-16, FGSM-RS fine-tuning, linf 0.1, PGD-5 val)",
+    "digits": "digits (small CNN, PGD-7 fine-tuning, linf 0.2)",
+}
 
 
 def _install_completion_stamps() -> None:
@@ -164,11 +179,14 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--trials", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--dataset", choices=sorted(FULL_SETS), default=None,
+                    help="problem of the full mode (default fashion-mnist; --quick always uses digits)")
     ap.add_argument("--plot", default=None, help="PNG path (default docs/img/bench-search.png; quick: a temp file)")
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.trials = args.trials or (4 if args.quick else 10)
-    args.epochs = args.epochs or (2 if args.quick else 6)
+    args.dataset = "digits" if args.quick else (args.dataset or "fashion-mnist")
+    args.trials = args.trials or (4 if args.quick else 12 if args.dataset == "fashion-mnist" else 10)
+    args.epochs = args.epochs or (2 if args.quick else 4 if args.dataset == "fashion-mnist" else 6)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     tmp = Path(tempfile.mkdtemp(prefix="advtune-search-"))
     os.environ.setdefault("ADVTUNE_CACHE", str(tmp / "cache"))
@@ -180,7 +198,7 @@ def main() -> int:
     from trainables.config import TrialConfig
     from trainables.pretrain import ensure_pretrained
 
-    sets = ["val_steps=2", "pretrain_epochs=3"] if args.quick else []
+    sets = ["val_steps=2", "pretrain_epochs=3"] if args.quick else list(FULL_SETS[args.dataset])
     pre = ensure_pretrained(TrialConfig().with_overrides(sets))  # one starting point for every study
     sets.append(f"pretrained={pre}")
     tb.init_ray(None, num_cpus=2)
@@ -197,7 +215,7 @@ def main() -> int:
     finally:
         ray.shutdown()
 
-    print(f"\ndigits, small CNN, sfd space, {args.trials} trials x {args.epochs} epochs, 2 slots; "
+    print(f"\n{TITLES[args.dataset]}, sfd space, {args.trials} trials x {args.epochs} epochs, 2 slots; "
           "compute = grad passes in trial completion order; target = best of (a) - 1 point")
     print(f"{'seed':>4} {'method':<32} {'best':>6} {'total gp':>11} {'x (a)':>6} {'gp to target':>13} {'x (a) total':>12}")
     fracs: dict[str, list[float]] = {m: [] for m in "abc"}
@@ -222,7 +240,7 @@ def main() -> int:
         print(f"RATIO median method={m} reach_frac_of_a={med:.3f} total_frac_of_a={statistics.median(totals[m]):.3f} "
               f"reached={sum(not math.isnan(f) for f in fracs[m])}/{len(fracs[m])}")
     out = Path(args.plot) if args.plot else (tmp / "bench-search.png" if args.quick else ROOT / "docs/img/bench-search.png")
-    plot(results, args.seeds, out, f"sfd space on digits (small CNN, PGD-7 fine-tuning, linf 0.2): {args.trials} trials "
+    plot(results, args.seeds, out, f"sfd space on {TITLES[args.dataset]}:\n{args.trials} trials "
          f"x {args.epochs} epochs, 2 slots; best robust val acc vs compute, per seed")
     (tmp / "results.json").write_text(json.dumps({f"{s}-{m}": r for (s, m), r in results.items()}, indent=1))
     print(f"plot: {out}; curves: {tmp / 'results.json'}")

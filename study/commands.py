@@ -40,12 +40,16 @@ def _ensure_pretrained(tb, spec, pretrain_cfg: dict | None) -> None:
 def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | None) -> int:
     from . import tune_backend as tb
     from .export import compute_summary, export, load_study
-    from .spec import check_resources, check_storage
+    from .spec import check_resources, check_storage, resolve_cpus
 
     started = tb.init_ray(spec.address, num_cpus=None, verbose=spec.verbose)
     t0 = time.time()
     try:
         nodes = tb.cluster_nodes()
+        if spec.cpus_per_trial is None:
+            spec = resolve_cpus(spec, nodes)
+            print(f"cpus per trial: {spec.cpus_per_trial:g} (auto: {min(spec.concurrency, spec.num_samples)} "
+                  "trial(s) at once on this cluster's CPUs; set --cpus-per-trial to choose)", flush=True)
         check_resources(spec, nodes)
         check_storage(spec, len(nodes))
         _ensure_pretrained(tb, spec, pretrain_cfg)
@@ -77,6 +81,15 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
     print(f"export: {paths[0]}  (rerun: advtune train --config {paths[1]})")
     print(f"compare: tensorboard --logdir {study_dir}")
     return 0
+
+
+def _cpus(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of CPUs; write e.g. 2, 0.5 or auto") from None
 
 
 def _fmt(v) -> str:
@@ -173,7 +186,9 @@ def register(sub) -> None:
                    help="ASHA's first rung, epochs; raised to the end of the space's longest warmup")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/R at each rung")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=_cpus, default=None, metavar="N|auto",
+                   help="CPUs (and torch threads) per trial; default auto: the cluster's CPUs divided among the "
+                   "trials that run at once, at most one node's worth")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions (0.25) pack trials on one GPU")
     p.add_argument("--address", default=None, help="Ray cluster to join: auto, or ray://host:10001 (default: "
                    "start Ray on this machine)")

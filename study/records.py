@@ -175,7 +175,7 @@ class StudyRecords:
 
 _METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "best_robust_acc",
                 "best_clean_acc", "best_epoch", "train_eps", "grad_passes", "epoch_seconds", "status", "stop_reason",
-                "co_fgsm_acc", "co_pgd_acc", "node_id", "time_total_s", "timestamp")
+                "co_fgsm_acc", "co_pgd_acc", "node_id", "torch_threads", "time_total_s", "timestamp")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ class StudySpec:
     requested_grace: int
     reduction_factor: int
     concurrency: int
-    cpus_per_trial: float
+    cpus_per_trial: float | None  # None: auto, resolved against the cluster when Ray is up (resolve_cpus)
     gpus_per_trial: float
     address: str | None
     storage_path: str
@@ -90,7 +90,7 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                             ("--reduction-factor", args.reduction_factor, 2), ("--concurrency", args.concurrency, 1)):
         if value < lo:
             raise StudyError(f"{name} {value} is out of range: it must be at least {lo}")
-    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+    if (args.cpus_per_trial is not None and args.cpus_per_trial <= 0) or args.gpus_per_trial < 0:
         raise StudyError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 allowed)")
     if 1 < args.gpus_per_trial and not float(args.gpus_per_trial).is_integer():
         raise StudyError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 a trial needs whole GPUs")
@@ -134,7 +134,7 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
         f"           first rung at epoch {spec.grace_period}: the space's longest warmup/eps ramp ends at epoch "
         f"{peak_epoch:.2f}, so no trial is judged before its LR has peaked"
         + (f" (raised from --grace-period {spec.requested_grace})" if spec.grace_period > spec.requested_grace else ""),
-        f"resources  {spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial; "
+        f"resources  {_cpus_text(spec)} CPU + {spec.gpus_per_trial:g} GPU per trial; "
         f"cluster: {spec.address or 'local Ray on this machine'}",
         f"storage    {spec.storage_path}; failures retried up to {spec.max_failures}x from the last checkpoint",
     ]
@@ -173,6 +173,29 @@ def check_storage(spec: StudySpec, n_nodes: int) -> None:
             "storage: --storage-path /mnt/nfs/advtune (a filesystem every node mounts at the same path, NFS or a "
             "mounted bucket). If this path IS shared (same machine, or a filesystem advtune does not "
             "recognise), pass --assume-shared-storage.")
+
+
+def _cpus_text(spec: StudySpec) -> str:
+    if spec.cpus_per_trial is not None:
+        return f"{spec.cpus_per_trial:g}"
+    return f"auto (the cluster's CPUs / {min(spec.concurrency, spec.num_samples)} trials at once, at most one node's)"
+
+
+def resolve_cpus(spec: StudySpec, nodes: list[dict[str, Any]]) -> StudySpec:
+    """``--cpus-per-trial auto``: share the CPUs of the nodes that can host a trial (enough GPUs) among the
+    trials that run at once, whole CPUs, at least 1 and at most the smallest such node's CPUs (so every
+    such node can take a trial). One trial on a machine then trains with all its cores, where a fixed 1
+    would leave torch one thread (Ray sets OMP_NUM_THREADS from the trial's CPUs)."""
+    if spec.cpus_per_trial is not None:
+        return spec
+    hosts = [n["resources"].get("CPU", 0.0) for n in nodes
+             if n["resources"].get("GPU", 0.0) >= spec.gpus_per_trial and n["resources"].get("CPU", 0.0) >= 1]
+    if not hosts:
+        cpus = 1.0  # check_resources then names what is missing
+    else:
+        slots = min(spec.concurrency, spec.num_samples)
+        cpus = float(max(1, min(int(sum(hosts) // slots), int(min(hosts)))))
+    return replace(spec, cpus_per_trial=cpus)
 
 
 def check_resources(spec: StudySpec, nodes: list[dict[str, Any]]) -> None:

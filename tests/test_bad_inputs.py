@@ -143,6 +143,10 @@ CASES: list[Case] = [
     ("space: bad type", lambda f, t: ["run", "--space", str(f["space_type"]), "--storage-path", str(t / "studies")],
      ["space_type.yaml", "params.peak_lr.loguniform", "not a number"]),
     # dataset roots
+    ("train_size larger than the train split", lambda f, t: ["train", *TINY, "--set", "train_size=100000"],
+     ["train_size=100000", "after the validation carve", "or less"]),
+    ("cpus per trial not a number", lambda f, t: ["run", "--cpus-per-trial", "all", "--storage-path", str(t / "studies")],
+     ["--cpus-per-trial", "'all'", "auto"]),
     ("missing dataset root", lambda f, t: ["train", *TINY, "--set", "dataset=mnist", "--set", f"data_root={t / 'nowhere'}"],
      ["nowhere", "does not exist", "data_root"]),
     ("empty dataset root", lambda f, t: ["train", *TINY, "--set", "dataset=fashion-mnist", "--set",
@@ -188,7 +192,10 @@ def workspace(tmp_path_factory):
 def test_bad_input_gets_a_clear_error_and_loses_nothing(workspace, capsys, monkeypatch, case_id, argv, needles):
     tmp, files, study, before = workspace
     monkeypatch.chdir(tmp)  # `advtune train` writes under ./runs: keep it in the sandbox
-    rc = main(argv(files, tmp))
+    try:
+        rc = main(argv(files, tmp))
+    except SystemExit as stop:  # argparse's own errors (a flag's value of the wrong type)
+        rc = stop.code
     out, err = capsys.readouterr()
     assert rc != 0
     assert "Traceback" not in err + out

@@ -114,6 +114,8 @@ def test_unknown_key_in_set_names_key_and_suggestion():
     ("val_size", -3, r"'val_size'"),
     ("val_size", 1.5, r"'val_size' = 1\.5 is out of range"),
     ("warmup", 1.0, r"'warmup' = 1\.0 is out of range"),
+    ("train_size", 0, r"'train_size' = 0 is out of range"),
+    ("train_size", 0.5, r"'train_size' = 0\.5 is not an integer"),
     ("device", "tpu", r"'device' = 'tpu' is not allowed"),
     ("dataset", None, r"'dataset' must not be empty"),
 ])
@@ -222,3 +224,20 @@ def test_val_size_as_a_count_of_images_reaches_the_loader(value):
     cfg = TrialConfig(val_size=value) if value != "300" else TrialConfig().with_overrides(["val_size=300"])
     assert cfg.val_size == 300 and isinstance(cfg.val_size, int)
     assert len(load_splits(cfg.dataset, cfg.data_root, cfg.val_size, cfg.split_seed).val) == 300
+
+
+def test_train_size_and_model_width_change_the_pretraining_cache_key(tmp_path, monkeypatch):
+    """A starting point pretrained on a subset (or another width) must never be reused for another."""
+    from trainables.models import build_net
+    from trainables.pretrain import cached_path
+
+    monkeypatch.setenv("ADVTUNE_CACHE", str(tmp_path))
+    base = TrialConfig()
+    paths = {cached_path(base.replace(**kw)) for kw in ({}, {"train_size": 500}, {"train_size": 600},
+                                                        {"model": "small_cnn-16"})}
+    assert len(paths) == 4
+    n_params = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert n_params(build_net("small_cnn-16", 1, 10)) < n_params(build_net("small_cnn", 1, 10))
+    assert n_params(build_net("small_cnn-32", 1, 10)) == n_params(build_net("small_cnn", 1, 10))
+    with pytest.raises(ValueError, match="small_cnn-W"):
+        build_net("small_cnn-0", 1, 10)

@@ -399,3 +399,38 @@ def test_imagefolder_class_mismatch(tmp_path):
     write_image_folder(tmp_path, "test", classes=("a", "c"), per_class=1)
     with pytest.raises(DataError, match="class folders"):
         load_splits("imagefolder", str(tmp_path), 1, 0, image_size=8)
+
+
+# ---------------------------------------------------------------- train_size
+
+def test_train_size_keeps_a_fixed_stratified_subset_and_leaves_val_and_test_alone():
+    full = load_splits("digits", None, 0.2, 0)
+    s = load_splits("digits", None, 0.2, 0, train_size=200)
+    assert len(s.train) == 200
+    assert keys(s.val) == keys(full.val) and keys(s.test) == keys(full.test)
+    assert set(keys(s.train)) <= set(keys(full.train))  # drawn from the train split only: no val/test image
+    assert_disjoint(s)
+    assert_tensor_split(s, (1, 8, 8), 10)  # mean/std are the subset's
+    counts = np.bincount(s.train.tensors[1].numpy(), minlength=10)
+    assert counts.min() >= 19 and counts.max() <= 21  # class-stratified
+    again = load_splits("digits", None, 0.2, 0, train_size=200)
+    other = load_splits("digits", None, 0.2, 5, train_size=200)
+    assert keys(again.train) == keys(s.train) and keys(other.train) != keys(s.train)
+    assert keys(load_splits("digits", None, 0.2, 0, train_size=len(full.train)).train) == keys(full.train)
+
+
+def test_train_size_larger_than_the_split_names_the_limit():
+    n = len(load_splits("digits", None, 0.2, 0).train)
+    with pytest.raises(DataError, match=rf"train_size={n + 1} .*\({n} after the validation carve\).*--set train_size={n}"):
+        load_splits("digits", None, 0.2, 0, train_size=n + 1)
+
+
+def test_train_size_on_an_image_folder(tmp_path):
+    write_image_folder(tmp_path, "train", per_class=6)
+    write_image_folder(tmp_path, "val", per_class=2, seed=1)
+    full = load_splits("imagefolder", str(tmp_path), 3, split_seed=0, image_size=8)
+    s = load_splits("imagefolder", str(tmp_path), 3, split_seed=0, image_size=8, train_size=6)
+    tr, va, _ = _subset_sets(s)
+    assert len(tr) == 6 and tr <= set(full.train.indices) and not tr & va
+    assert s.val.indices == full.val.indices
+    assert sorted(int(s.train[i][1]) for i in range(6)) == [0, 0, 1, 1, 2, 2]

@@ -119,3 +119,54 @@ def test_dry_run_shows_rungs_after_the_longest_warmup(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "rungs at epochs [3, 6]" in out and "ends at epoch 3.00" in out
     assert not (tmp_path / "s").exists()  # a dry run starts nothing and writes nothing
+
+
+def _spec(tmp_path, **kw):
+    from types import SimpleNamespace
+
+    from study.spec import build_spec
+    from trainables.config import TrialConfig
+
+    args = dict(space="sfd", num_samples=12, max_epochs=4, grace_period=1, reduction_factor=2, concurrency=2,
+                cpus_per_trial=None, gpus_per_trial=0.0, address=None, storage_path=str(tmp_path), name="s",
+                seed=0, max_failures=0, verbose=False, assume_shared_storage=False)
+    return build_spec(SimpleNamespace(**{**args, **kw}), TrialConfig())[0]
+
+
+def _node(cpu, gpu=0.0):
+    return {"id": "n", "resources": {"CPU": cpu, "GPU": gpu} if gpu else {"CPU": cpu}}
+
+
+@pytest.mark.parametrize("kw, nodes, expected", [
+    ({}, [_node(2)], 1.0),                                      # the default study on this machine: 2 slots
+    ({"num_samples": 1}, [_node(2)], 2.0),                      # one trial gets every core
+    ({"concurrency": 1}, [_node(16)], 16.0),
+    ({"concurrency": 3}, [_node(16)], 5.0),                     # whole CPUs, rounded down
+    ({"concurrency": 64}, [_node(16)], 1.0),                    # never below 1
+    ({"concurrency": 2}, [_node(16), _node(4)], 4.0),           # at most the smallest host: both nodes take a trial
+    ({"concurrency": 4, "gpus_per_trial": 0.5},                 # CPU-only head does not count for GPU trials
+     [_node(32), _node(8, 1), _node(8, 1)], 4.0),
+    ({"cpus_per_trial": 0.5}, [_node(16)], 0.5),                # an explicit value is kept
+])
+def test_auto_cpus_per_trial_shares_the_hosts_cpus_among_running_trials(tmp_path, kw, nodes, expected):
+    from study.spec import resolve_cpus
+
+    assert resolve_cpus(_spec(tmp_path, **kw), nodes).cpus_per_trial == expected
+
+
+def test_a_lone_trial_trains_with_every_cpu_and_the_dry_run_says_auto(local_ray, tmp_path, capsys):
+    """--cpus-per-trial auto on the 2-CPU local Ray: one trial at once gets 2 CPUs, and torch in the
+    trial really runs 2 threads (recorded per epoch); the study fixture's 2 slots run 1 thread each."""
+    assert main(["run", "--dry-run", "--num-samples", "1", "--storage-path", str(tmp_path)]) == 0
+    assert "auto (the cluster's CPUs / 1 trials at once" in capsys.readouterr().out
+    rc = main(["run", "--name", "lone", "--storage-path", str(tmp_path), "--num-samples", "1", "--max-epochs", "1",
+               *TINY])
+    assert rc == 0
+    assert "cpus per trial: 2 (auto" in capsys.readouterr().out
+    (record,) = StudyRecords(tmp_path / "lone", tensorboard=False).load()
+    assert {m["torch_threads"] for m in record.metrics} == {2}
+
+
+def test_two_slots_on_two_cpus_train_with_one_thread_each(study):
+    records = StudyRecords(study, tensorboard=False).load()
+    assert {m["torch_threads"] for r in records for m in r.metrics} == {1}

@@ -71,12 +71,13 @@ class TrialConfig:
     image_size: int | None = _f(None, "imagefolder only: side of the centre crop, pixels")
     val_size: float = _f(0.2, "validation split carved from train: fraction in (0,1) or a count of images")
     split_seed: int = _f(0, "seed of the train/val split; fixed per study so all trials share one val set")
+    train_size: int | None = _f(None, "train on a fixed class-stratified subset of this many images (drawn with split_seed after the val carve); none = all")
     batch_size: int = _f(128, "training batch size, images")
     eval_batch_size: int = _f(512, "batch size for validation and evaluation, images")
     augment: str = _f("auto", "auto | none | crop_flip (auto: crop_flip for CIFAR, none otherwise)")
 
     # --- model and starting point -----------------------------------------------------------
-    model: str = _f("small_cnn", "small_cnn | preact_resnet18 | wrn-D-W | tv:<torchvision name>")
+    model: str = _f("small_cnn", "small_cnn | small_cnn-W (width W, default 32) | preact_resnet18 | wrn-D-W | tv:<torchvision name>")
     activation: str = _f("relu", "relu | silu | gelu | softplus | elu | psoftplus (every ReLU is swapped)")
     pretrained: str | None = _f("auto", "checkpoint path | torchvision:DEFAULT | auto (natural pretraining, cached) | none")
     trust_checkpoint: bool = _f(False, "allow full unpickling of `pretrained` (runs code in the file: trusted files only)")
@@ -333,6 +334,8 @@ def _validate(cfg: TrialConfig) -> None:
         _range(cfg, name, lo, math.inf)
     if cfg.image_size is not None:
         _range(cfg, "image_size", 8, 1024)
+    if cfg.train_size is not None:
+        _range(cfg, "train_size", 1, math.inf, unit=" images (none = the whole train split)")
     _range(cfg, "peak_lr", 0, math.inf, lo_open=True)
     _range(cfg, "pretrain_lr", 0, math.inf, lo_open=True)
     _range(cfg, "warmup", 0, 1, hi_open=True)

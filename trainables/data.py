@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class Splits:
 
 
 def load_splits(dataset: str, root: str | None, val_size: float | int, split_seed: int,
-                download: bool = False, image_size: int | None = None) -> Splits:
+                download: bool = False, image_size: int | None = None, train_size: int | None = None) -> Splits:
     """Load ``dataset`` and split it into train / val / test.
 
     Args:
@@ -73,19 +74,50 @@ def load_splits(dataset: str, root: str | None, val_size: float | int, split_see
         download: CIFAR only: fetch the archive with torchvision first.
         image_size: imagefolder only: side in pixels of the square center crop
             (default 224). In-memory datasets keep their native resolution.
+        train_size: keep only this many training images: a class-stratified
+            subset of the train split (what is left after the validation carve),
+            drawn with ``split_seed``. Validation and test are unchanged;
+            ``mean``/``std`` are recomputed on the subset (imagefolder keeps
+            its sampled statistics).
     """
     if not isinstance(split_seed, (int, np.integer)) or isinstance(split_seed, bool) or split_seed < 0:
         raise DataError(f"split_seed must be a non-negative int, got {split_seed!r}; pass --set split_seed=0")
     split_seed = int(split_seed)
     if dataset == "digits":
-        return _load_digits(val_size, split_seed)
-    if dataset in ("mnist", "fashion-mnist"):
-        return _load_idx(dataset, root, val_size, split_seed)
-    if dataset in ("cifar10", "cifar100"):
-        return _load_cifar(dataset, root, val_size, split_seed, download)
-    if dataset == "imagefolder":
-        return _load_imagefolder(root, val_size, split_seed, image_size)
-    raise DataError(f"unknown dataset {dataset!r}; pass --set dataset=NAME with NAME one of {', '.join(DATASETS)}")
+        splits = _load_digits(val_size, split_seed)
+    elif dataset in ("mnist", "fashion-mnist"):
+        splits = _load_idx(dataset, root, val_size, split_seed)
+    elif dataset in ("cifar10", "cifar100"):
+        splits = _load_cifar(dataset, root, val_size, split_seed, download)
+    elif dataset == "imagefolder":
+        splits = _load_imagefolder(root, val_size, split_seed, image_size)
+    else:
+        raise DataError(f"unknown dataset {dataset!r}; pass --set dataset=NAME with NAME one of {', '.join(DATASETS)}")
+    return splits if train_size is None else _train_subset(splits, train_size, split_seed)
+
+
+def _train_subset(splits: Splits, train_size: int, seed: int) -> Splits:
+    """``splits`` with its train split cut to a class-stratified subset of ``train_size`` images."""
+    train = splits.train
+    n = len(train)
+    if isinstance(train_size, bool) or not isinstance(train_size, (int, np.integer)) or train_size < 1:
+        raise DataError(f"train_size must be a whole number of images >= 1, got {train_size!r}; "
+                        "pass e.g. --set train_size=5000, or leave it unset to train on the whole split")
+    if train_size > n:
+        raise DataError(f"train_size={train_size} asks for more training images than the train split holds ({n} "
+                        f"after the validation carve); pass --set train_size={n} or less, or leave it unset")
+    if train_size == n:
+        return splits
+    if isinstance(train, TensorDataset):
+        _, keep = _stratified_split(np.arange(n), train.tensors[1].numpy(), int(train_size), seed)
+        idx = torch.from_numpy(keep)
+        subset = TensorDataset(*(t[idx] for t in train.tensors))
+        mean, std = _channel_stats(subset.tensors[0])
+        return dataclasses.replace(splits, train=subset, mean=mean, std=std)
+    indices = np.asarray(train.indices)  # imagefolder: a Subset of an ImageFolder
+    labels = np.asarray(train.dataset.targets)[indices]
+    _, keep = _stratified_split(np.arange(n), labels, int(train_size), seed)
+    return dataclasses.replace(splits, train=Subset(train.dataset, indices[keep].tolist()))
 
 
 # ---------------------------------------------------------------- helpers

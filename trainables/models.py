@@ -147,6 +147,9 @@ def build_net(name: str, in_channels: int, num_classes: int, tv_weights: str | N
     """The bare network (no normalization) for ``name``; ``tv_weights`` e.g. "DEFAULT"."""
     if name == "small_cnn":
         return SmallCNN(in_channels, num_classes)
+    match = re.fullmatch(r"small_cnn-(\d+)", name)
+    if match and int(match[1]) >= 1:
+        return SmallCNN(in_channels, num_classes, width=int(match[1]))
     if name == "preact_resnet18":
         return PreActResNet18(in_channels, num_classes)
     match = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
@@ -164,7 +167,7 @@ def build_net(name: str, in_channels: int, num_classes: int, tv_weights: str | N
             raise ValueError(f"torchvision models expect 3-channel images; dataset has {in_channels}")
         replace_head(net, num_classes)
         return net
-    raise ValueError(f"unknown model {name!r}: use small_cnn, preact_resnet18, wrn-D-W (e.g. wrn-28-10) or tv:<name>")
+    raise ValueError(f"unknown model {name!r}: use small_cnn, small_cnn-W (e.g. small_cnn-16), preact_resnet18, wrn-D-W (e.g. wrn-28-10) or tv:<name>")
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, mean: tuple[float, ...],

@@ -17,7 +17,7 @@ from .config import TrialConfig
 
 __all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained", "pretrain_into"]
 
-_KEY_FIELDS = ("dataset", "data_root", "image_size", "val_size", "split_seed", "model", "pretrain_epochs",
+_KEY_FIELDS = ("dataset", "data_root", "image_size", "val_size", "split_seed", "train_size", "model", "pretrain_epochs",
                "pretrain_lr", "batch_size", "augment")
 
 

@@ -48,7 +48,7 @@ def prepare(cfg: TrialConfig, with_starting_point: bool = True) -> Prepared:
     """Build data and model for ``cfg``. Model initialisation is seeded with ``cfg.seed``."""
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.dataset, cfg.data_root, cfg.val_size, cfg.split_seed, download=cfg.download,
-                         image_size=cfg.image_size)
+                         image_size=cfg.image_size, train_size=cfg.train_size)
     torch.manual_seed(cfg.seed)
     tv_weights = None
     pretrained = cfg.pretrained if with_starting_point else None

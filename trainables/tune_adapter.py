@@ -33,7 +33,9 @@ class TuneReporter:
         import ray
         from ray import tune
 
-        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
+        import torch
+
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "torch_threads": torch.get_num_threads()}
         if checkpoint_dir is not None:
             with open(self.trial_dir / "epochs_trained.log", "a") as log:  # append-only: proves no epoch is redone
                 log.write(f"{metrics['epoch']}\n")
@@ -77,8 +79,14 @@ def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str) -> No
     study's fixed trial config, ``study_dir`` the study directory (a path every node sees)."""
     from ray import tune
 
+    import ray
+    import torch
+
     from . import finetune
 
+    # torch's threads = the CPUs Ray gave this trial (at least 1): trials sharing a node do not
+    # oversubscribe it, and one trial given a whole node uses all of it
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     cfg = TrialConfig.from_dict({**base, **params})
     trial_dir = Path(study_dir) / "trials" / tune.get_context().get_trial_id()
     trial_dir.mkdir(parents=True, exist_ok=True)
