@@ -1,11 +1,11 @@
 """Adversarial fine-tuning of a naturally pretrained model vs PGD adversarial training from scratch.
 
-Same model (small CNN), same data, same threat model (linf eps 0.1), same training attack (PGD-7,
-step 2.5·eps/7), same batch size (128):
+Same model (``small_cnn-16``, the model of the search benchmark), same data, same threat model
+(linf eps 0.1), same training attack (PGD-7, step 2.5·eps/7), same batch size (128):
 
 - fine-tuning: ``pretrained: auto`` (natural pretraining, cosine schedule, ``pretrain_epochs``), then
-  advtune's default fine-tuning config (``sfd`` schedule: peak LR 0.02, warmup 0.1, decay rate 3,
-  epsilon ramp over the first 30%);
+  advtune's best ``sfd`` schedule: ``BEST_SFD``, the configuration advtune's default study (TPE + ASHA)
+  found best in ``bench/search_efficiency.py``'s full run (seed 0) on the same data subset;
 - scratch: random init, the standard piecewise schedule (LR 0.05, x0.1 at 50% and 75% of training),
   no epsilon ramp.
 
@@ -13,14 +13,14 @@ Compute is ``grad_passes`` (forward+backward passes over single images in traini
 evaluation not counted). Fine-tuning's compute INCLUDES its natural pretraining (1 pass per image
 per epoch). Both are evaluated with PGD-50 with 10 restarts (step 2.5·eps/50) on a fixed random
 subset of the test split; the compute ratio at equal robust accuracy is (scratch's compute when its
-robust *validation* accuracy (PGD-10) first reaches fine-tuning's final one) / (fine-tuning's total).
+robust *validation* accuracy (PGD-10) first reaches fine-tuning's best) / (fine-tuning's total).
 
-Data: a fixed random subset of Fashion-MNIST's training split (``--train`` images) keeps a CPU run
-affordable; validation is ``--val`` images carved from the training split by advtune (split_seed 0),
-and the test subset is ``--test`` images. The subset is made by wrapping ``load_splits`` in this
-process (the loop is unchanged).
+Data: Fashion-MNIST (Debian's ``dataset-fashion-mnist``) with advtune's own ``train_size`` (a fixed
+class-stratified subset of ``--train`` images of the training split) and ``val_size`` (``--val``
+images carved from the training split, ``split_seed`` 0); ``--test`` images of the test split, a
+fixed random subset, for the final evaluation.
 
-    .venv/bin/python bench/finetune_vs_scratch.py            # full: Fashion-MNIST 2,000 train / 500 val / 400 test; pretrain 8 ep + FT 2 ep vs scratch 12 ep (~20 min)
+    .venv/bin/python bench/finetune_vs_scratch.py            # full: 2,000 train / 1,000 val / 500 test; pretrain 10 ep + FT 3 ep vs scratch 15 ep (~15 min)
     .venv/bin/python bench/finetune_vs_scratch.py --quick    # digits, tiny (~20 s)
 
 Prints:
@@ -31,7 +31,6 @@ Prints:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -43,26 +42,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def install_subset(n_train: int | None, n_test: int | None) -> None:
-    """Wrap ``load_splits`` (as ``trainables.setup`` sees it) to keep fixed random subsets."""
-    import torch
-    from torch.utils.data import TensorDataset
-
-    import trainables.setup as setup
-
-    original = setup.load_splits
-
-    def take(ds, n, seed):
-        if n is None or n >= len(ds):
-            return ds
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return TensorDataset(*(t[idx] for t in ds.tensors))
-
-    def load_splits(dataset, root, val_size, *a, **kw):
-        s = original(dataset, root, val_size, *a, **kw)
-        return dataclasses.replace(s, train=take(s.train, n_train, 1), test=take(s.test, n_test, 2))
-
-    setup.load_splits = load_splits
+# the best configuration of the `sfd` space that advtune's default study (TPE + ASHA) found in
+# bench/search_efficiency.py's full run, seed 0 (Fashion-MNIST, 2,000 train / 1,000 val images, small_cnn-16)
+BEST_SFD = {"peak_lr": 0.02, "warmup": 0.1, "decay_rate": 3.0, "train_eps": 0.1, "eps_ramp": 0.3}
 
 
 class Recorder:
@@ -86,7 +68,10 @@ class Recorder:
                   flush=True)
 
 
-def evaluate(cfg, path: Path, steps: int, restarts: int) -> tuple[float, float, int]:
+def evaluate(cfg, path: Path, steps: int, restarts: int, n_test: int) -> tuple[float, float, int]:
+    import torch
+    from torch.utils.data import TensorDataset
+
     from trainables.checkpoints import load_starting_point
     from trainables.evaluate import evaluate_pgd
     from trainables.setup import prepare
@@ -94,20 +79,28 @@ def evaluate(cfg, path: Path, steps: int, restarts: int) -> tuple[float, float, 
     prep = prepare(cfg.replace(pretrained="none"), with_starting_point=False)
     load_starting_point(prep.model, path, min_fraction=0.999)
     model = prep.model.eval()
-    res = evaluate_pgd(model, prep.splits.test, cfg.norm, cfg.eval_eps, steps=steps, restarts=restarts,
+    test = prep.splits.test
+    if n_test < len(test):  # a fixed random subset of the test split, the same for both arms
+        idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(2))[:n_test].sort().values
+        test = TensorDataset(*(t[idx] for t in test.tensors))
+    res = evaluate_pgd(model, test, cfg.norm, cfg.eval_eps, steps=steps, restarts=restarts,
                        step=2.5 * cfg.eval_eps / steps, batch_size=cfg.eval_batch_size, device="cpu", seed=0)
     return res.clean_acc, res.robust_acc, res.n
+
+
+def len_text(cfg) -> str:
+    return "full train split" if cfg.train_size is None else f"{cfg.train_size} train images"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="digits, few epochs, PGD-10-2 evaluation")
-    ap.add_argument("--train", type=int, default=2000, help="training images (Fashion-MNIST subset)")
-    ap.add_argument("--val", type=int, default=500)
-    ap.add_argument("--test", type=int, default=400)
-    ap.add_argument("--pretrain-epochs", type=int, default=8)
-    ap.add_argument("--ft-epochs", type=int, default=2)
-    ap.add_argument("--scratch-epochs", type=int, default=12)
+    ap.add_argument("--train", type=int, default=2000, help="training images (Fashion-MNIST subset, train_size)")
+    ap.add_argument("--val", type=int, default=1000)
+    ap.add_argument("--test", type=int, default=500)
+    ap.add_argument("--pretrain-epochs", type=int, default=10)
+    ap.add_argument("--ft-epochs", type=int, default=3)
+    ap.add_argument("--scratch-epochs", type=int, default=15)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="advtune-fvs-"))
     os.environ.setdefault("ADVTUNE_CACHE", str(tmp / "cache"))
@@ -117,20 +110,18 @@ def main() -> int:
     from trainables.pretrain import cached_path, ensure_pretrained
 
     if args.quick:
-        common = dict(dataset="digits", val_size=0.2, eval_eps=0.1, train_eps=0.1, val_steps=3)
-        install_subset(None, 200)
-        pre_epochs, ft_epochs, sc_epochs, ev_steps, ev_restarts = 3, 2, 4, 10, 2
+        common = dict(dataset="digits", val_size=0.2, eval_eps=0.1, val_steps=3)
+        pre_epochs, ft_epochs, sc_epochs, ev_steps, ev_restarts, n_test = 3, 2, 4, 10, 2, 200
     else:
-        common = dict(dataset="fashion-mnist", val_size=args.val, eval_eps=0.1, train_eps=0.1, val_steps=10)
-        install_subset(args.train, args.test)
-        pre_epochs, ft_epochs, sc_epochs, ev_steps, ev_restarts = (args.pretrain_epochs, args.ft_epochs,
-                                                                   args.scratch_epochs, 50, 10)
-    base = TrialConfig().replace(attack="pgd", train_steps=7, pretrain_epochs=pre_epochs, **common)
-    ft_cfg = base.replace(pretrained="auto", schedule="sfd", epochs=ft_epochs)
+        common = dict(dataset="fashion-mnist", val_size=args.val, train_size=args.train, eval_eps=0.1, val_steps=10)
+        pre_epochs, ft_epochs, sc_epochs, ev_steps, ev_restarts, n_test = (args.pretrain_epochs, args.ft_epochs,
+                                                                           args.scratch_epochs, 50, 10, args.test)
+    base = TrialConfig().replace(model="small_cnn-16", attack="pgd", train_steps=7, pretrain_epochs=pre_epochs, **common)
+    ft_cfg = base.replace(pretrained="auto", schedule="sfd", epochs=ft_epochs, **BEST_SFD)
     sc_cfg = base.replace(pretrained="none", schedule="piecewise", milestones=(0.5, 0.75), gamma=0.1, peak_lr=0.05,
-                          eps_ramp=0.0, epochs=sc_epochs)
-    print(f"data {base.dataset} ({'full train split' if args.quick else f'{args.train} train images'}, "
-          f"val {base.val_size}), small CNN, linf eps {base.eval_eps}, PGD-{base.train_steps} training", flush=True)
+                          eps_ramp=0.0, train_eps=None, epochs=sc_epochs)
+    print(f"data {base.dataset} ({len_text(base)}, val {base.val_size}), {base.model}, linf eps {base.eval_eps}, "
+          f"PGD-{base.train_steps} training; fine-tuning schedule {BEST_SFD}", flush=True)
 
     t0 = time.time()
     ensure_pretrained(ft_cfg)
@@ -148,8 +139,8 @@ def main() -> int:
     finetune.run(sc_cfg, sc)
     t_sc = time.time() - t0
 
-    ft_clean, ft_rob, n = evaluate(ft_cfg, ft.best_path, ev_steps, ev_restarts)
-    sc_clean, sc_rob, _ = evaluate(sc_cfg, sc.best_path, ev_steps, ev_restarts)
+    ft_clean, ft_rob, n = evaluate(ft_cfg, ft.best_path, ev_steps, ev_restarts, n_test)
+    sc_clean, sc_rob, _ = evaluate(sc_cfg, sc.best_path, ev_steps, ev_restarts, n_test)
     ft_total = pre_passes + ft.metrics[-1]["grad_passes"]
     sc_total = sc.metrics[-1]["grad_passes"]
     ft_val = max(m["robust_acc"] for m in ft.metrics)

@@ -1,37 +1,39 @@
 """Orchestration overhead: one trial standalone vs the same trial as a one-trial Ray Tune study.
 
 The trial is advtune's default fine-tuning config on digits (PGD-7, sfd), starting from one naturally
-pretrained model made before any timing starts, so pretraining is in no figure. Runs, one after the
-other:
+pretrained model made before any timing starts, so pretraining is in no figure. Two measurements:
 
-1. standalone: ``finetune.run(cfg, reporter)`` in this process (the ``advtune train`` path);
-2. ``advtune run --num-samples 1 --max-epochs E --grace-period E --concurrency 1`` (the default
-   ``--cpus-per-trial 1``), then the same with ``--cpus-per-trial 2`` — its first starting point is
-   exactly the standalone config;
-3. ``advtune run --num-samples 2 --concurrency 2`` (N trials in N = 2 slots);
-4. ``advtune run --num-samples 4 --concurrency 2`` with E/5 epochs per trial (to time a trial's end
-   to the next trial's first step).
+A. What a user waits for (the target): the command ``advtune train`` against the command
+   ``advtune run --num-samples 1 --max-epochs E --grace-period E`` (default ``--cpus-per-trial auto``:
+   2 CPUs for the lone trial here), each a fresh process from start to exit (Python and torch
+   imports, data loading, Ray start and stop, export all included), interleaved over ``--rounds``
+   rounds; the ratio of the medians. The ``sfd`` preset's first starting point is exactly the
+   standalone config.
+B. Where the time goes, in this process (torch already imported): ``finetune.run(cfg, reporter)``
+   (the ``advtune train`` path) against ``study.cli.main(["run", ...])`` with auto CPUs and with
+   ``--cpus-per-trial 1``; then 2 trials in 2 slots; then 4 trials with E/5 epochs in 2 slots (to
+   time a trial's end to the next trial's first step). Inside a study a driver-side Tune callback
+   (advtune's own ``StudyCallback``, subclassed here to stamp each event with ``time.time()``) gives
+   a trial's launch, and its first step is ``time its first result arrived − that result's
+   epoch_seconds``.
 
-Every study is timed from ``study.cli.main`` being called (Ray start and stop included) and, inside
-it, with a driver-side Tune callback (advtune's own ``StudyCallback``, subclassed here to stamp each
-event with ``time.time()``): a trial's first step is ``time its first result arrived − that
-result's epoch_seconds``.
-
-    .venv/bin/python bench/overhead.py            # full: a trial of 25 epochs (about a minute standalone), ~6 min
-    .venv/bin/python bench/overhead.py --quick    # 2-epoch trials, PGD-2 validation, ~1.5 min
+    .venv/bin/python bench/overhead.py            # full: a 35-epoch trial (about a minute), ~12 min
+    .venv/bin/python bench/overhead.py --quick    # 2-epoch trials, PGD-2 validation, 1 round, ~2 min
 
 Prints:
-    RATIO wall_study1_vs_standalone=<x>              (advtune run, 1 trial, default 1 CPU per trial)
-    RATIO wall_study1_cpus2_vs_standalone=<x>        (same with --cpus-per-trial 2)
-    RATIO wall_studyN_vs_standalone=<x> n=2          (2 trials in 2 slots vs 1 trial standalone)
+    RATIO wall_cli_study1_vs_cli_train=<x> rounds=<n>   (A: the target)
+    RATIO wall_study1_vs_standalone=<x>                 (B: advtune run, 1 trial, auto CPUs)
+    RATIO wall_study1_cpus1_vs_standalone=<x>           (B: same with --cpus-per-trial 1)
+    RATIO wall_studyN_vs_standalone=<x> n=2             (B: 2 trials in 2 slots vs 1 trial standalone)
     RATIO startup_s standalone=<s> study1=<s> study1_from_cli=<s>
-    RATIO next_trial_gap_s median=<s> max=<s>       (4 trials, 2 slots)
+    RATIO next_trial_gap_s median=<s> max=<s>           (4 trials, 2 slots)
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,14 +92,32 @@ def standalone(cfg) -> dict:
             "best": max(m["robust_acc"] for _, m in rep.results)}
 
 
-def study(root: Path, name: str, n: int, slots: int, epochs: int, sets: list[str], cpus: float = 1.0) -> dict:
+def _set_args(sets: list[str]) -> list[str]:
+    return [a for s in sets for a in ("--set", s)]
+
+
+def _study_argv(root: Path, name: str, n: int, slots: int, epochs: int, sets: list[str], cpus: str = "auto") -> list[str]:
+    return ["run", "--name", name, "--storage-path", str(root), "--num-samples", str(n), "--max-epochs", str(epochs),
+            "--grace-period", str(epochs), "--concurrency", str(slots), "--cpus-per-trial", cpus, *_set_args(sets)]
+
+
+def cli_wall(argv: list[str], cwd: Path) -> float:
+    """Wall seconds of ``advtune ARGV`` as a fresh process, start to exit."""
+    exe = Path(sys.executable).with_name("advtune")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from study.cli import main; sys.exit(main())"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd + argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"advtune {' '.join(argv)} failed with {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def study(root: Path, name: str, n: int, slots: int, epochs: int, sets: list[str], cpus: str = "auto") -> dict:
     from study.cli import main as advtune
 
     EVENTS.clear()
-    argv = ["run", "--name", name, "--storage-path", str(root), "--num-samples", str(n), "--max-epochs", str(epochs),
-            "--grace-period", str(epochs), "--concurrency", str(slots), "--cpus-per-trial", f"{cpus:g}"]
-    for s in sets:
-        argv += ["--set", s]
+    argv = _study_argv(root, name, n, slots, epochs, sets, cpus)
     t0 = time.time()
     rc = advtune(argv)
     wall = time.time() - t0
@@ -115,7 +135,8 @@ def study(root: Path, name: str, n: int, slots: int, epochs: int, sets: list[str
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2-epoch trials with PGD-2 validation")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs of the trial (default 25, quick 2)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of the trial (default 35, quick 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds of measurement A (default 2, quick 1)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     tmp = Path(tempfile.mkdtemp(prefix="advtune-overhead-"))
@@ -125,7 +146,8 @@ def main() -> int:
     from trainables.config import TrialConfig
     from trainables.pretrain import ensure_pretrained
 
-    epochs = args.epochs or (2 if args.quick else 25)
+    epochs = args.epochs or (2 if args.quick else 35)
+    rounds = args.rounds or (1 if args.quick else 2)
     overrides = {"val_steps": 2, "pretrain_epochs": 3} if args.quick else {}
     base = TrialConfig().replace(**overrides)
     pre = ensure_pretrained(base)  # once, before any timing
@@ -134,12 +156,24 @@ def main() -> int:
 
     print(f"trial: digits, small CNN, PGD-{cfg.train_steps} training, sfd, {epochs} epochs, validation PGD-{cfg.val_steps}; "
           f"{os.cpu_count()} CPUs", flush=True)
+
+    # A: the two commands as a user runs them, interleaved
+    cli_train, cli_run = [], []
+    for k in range(rounds):
+        cli_train.append(cli_wall(["train", "--quiet", "--out", str(tmp / f"train-{k}"), *_set_args(sets),
+                                   "--set", f"epochs={epochs}"], tmp))
+        cli_run.append(cli_wall(_study_argv(tmp / "cli", f"cli-{k}", 1, 2, epochs, sets), tmp))
+        print(f"round {k + 1}: advtune train {cli_train[-1]:.1f} s, advtune run (1 trial) {cli_run[-1]:.1f} s, "
+              f"ratio {cli_run[-1] / cli_train[-1]:.3f}", flush=True)
+    cli_ratio = statistics.median(cli_run) / statistics.median(cli_train)
+
+    # B: the breakdown, in this process
     alone = standalone(cfg)
     print(f"standalone: wall {alone['wall']:.1f} s, first step after {alone['startup']:.2f} s, "
           f"grad passes {alone['grad_passes']:,}", flush=True)
     one = study(tmp / "s", "one", 1, 1, epochs, sets)
-    one2 = study(tmp / "s", "one-cpus2", 1, 1, epochs, sets, cpus=2.0)
-    pair = study(tmp / "s", "pair", 2, 2, epochs, sets)
+    one1 = study(tmp / "s", "one-cpus1", 1, 1, epochs, sets, cpus="1")
+    pair = study(tmp / "s", "pair", 2, 2, epochs, sets)  # auto: 1 CPU each
     four = study(tmp / "s", "four", 4, 2, max(2, epochs // 5), sets)  # only the hand-over gaps matter here
 
     def row(label: str, s: dict) -> None:
@@ -150,8 +184,8 @@ def main() -> int:
     print(f"\n{'run':<34} {'wall s':>8} {'x alone':>9} {'launch s':>9} {'start s':>9} {'1st step':>10} {'train s':>9}")
     print(f"{'standalone (advtune train path)':<34} {alone['wall']:8.1f} {1:8.2f}x {0:9.2f} {alone['startup']:9.2f} "
           f"{alone['startup']:10.2f} {alone['train_s']:9.1f}")
-    row("advtune run, 1 trial, 1 CPU/trial", one)
-    row("advtune run, 1 trial, 2 CPU/trial", one2)
+    row("advtune run, 1 trial, auto CPUs", one)
+    row("advtune run, 1 trial, 1 CPU/trial", one1)
     row("advtune run, 2 trials, 2 slots", pair)
     row("advtune run, 4 trials, 2 slots", four)
     print("(launch: study start -> Tune starts the trial; start: trial launch -> its first step; 1st step: study start -> "
@@ -169,15 +203,18 @@ def main() -> int:
     pair_trial_s = statistics.mean(t["train_s"] for t in pair["trials"])
     print(f"2 trials in 2 slots: each trial's train s {pair_trial_s:.1f} vs standalone {alone['train_s']:.1f} "
           f"(1 thread each vs 2 threads)")
-    print(f"\nRATIO wall_study1_vs_standalone={one['wall'] / alone['wall']:.3f}")
-    print(f"RATIO wall_study1_cpus2_vs_standalone={one2['wall'] / alone['wall']:.3f}")
+    print(f"\nA: advtune train (median of {rounds}) {statistics.median(cli_train):.1f} s, advtune run 1 trial "
+          f"{statistics.median(cli_run):.1f} s")
+    print(f"\nRATIO wall_cli_study1_vs_cli_train={cli_ratio:.3f} rounds={rounds}")
+    print(f"RATIO wall_study1_vs_standalone={one['wall'] / alone['wall']:.3f}")
+    print(f"RATIO wall_study1_cpus1_vs_standalone={one1['wall'] / alone['wall']:.3f}")
     print(f"RATIO wall_studyN_vs_standalone={pair['wall'] / alone['wall']:.3f} n=2 "
           f"throughput={2 * alone['wall'] / pair['wall']:.3f}")
     print(f"RATIO startup_s standalone={alone['startup']:.3f} study1={one['trials'][0]['first_step'] - one['trials'][0]['launch']:.3f} "
           f"study1_from_cli={one['trials'][0]['first_step'] - one['t0']:.3f}")
     print(f"RATIO next_trial_gap_s median={statistics.median(gaps):.3f} max={max(gaps):.3f}")
     print(f"RATIO tune_part_vs_standalone={(one['trials'][0]['end'] - one['trials'][0]['launch']) / alone['wall']:.3f} "
-          f"(trial launch -> trial complete, 1 CPU/trial)")
+          f"(trial launch -> trial complete, auto CPUs)")
     return 0
 
 

@@ -134,7 +134,7 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
         f"           first rung at epoch {spec.grace_period}: the space's longest warmup/eps ramp ends at epoch "
         f"{peak_epoch:.2f}, so no trial is judged before its LR has peaked"
         + (f" (raised from --grace-period {spec.requested_grace})" if spec.grace_period > spec.requested_grace else ""),
-        f"resources  {_cpus_text(spec)} CPU + {spec.gpus_per_trial:g} GPU per trial; "
+        f"resources  {_cpus_text(spec)} + {spec.gpus_per_trial:g} GPU per trial; "
         f"cluster: {spec.address or 'local Ray on this machine'}",
         f"storage    {spec.storage_path}; failures retried up to {spec.max_failures}x from the last checkpoint",
     ]
@@ -177,8 +177,9 @@ def check_storage(spec: StudySpec, n_nodes: int) -> None:
 
 def _cpus_text(spec: StudySpec) -> str:
     if spec.cpus_per_trial is not None:
-        return f"{spec.cpus_per_trial:g}"
-    return f"auto (the cluster's CPUs / {min(spec.concurrency, spec.num_samples)} trials at once, at most one node's)"
+        return f"{spec.cpus_per_trial:g} CPU"
+    return (f"auto CPUs (the cluster's CPUs / {min(spec.concurrency, spec.num_samples)} trial(s) at once, at most "
+            "one node's)")
 
 
 def resolve_cpus(spec: StudySpec, nodes: list[dict[str, Any]]) -> StudySpec:

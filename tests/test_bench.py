@@ -24,8 +24,9 @@ PROMISES = {
     ] + [rf"^RATIO preact_resnet18@3x32x32/\S+ pgd-10 natural={NUM} bound={NUM}",
          rf"^RATIO small_cnn@1x28x28/\S+ free-4/replay natural={NUM} bound={NUM}"],
     "overhead.py": [
+        rf"^RATIO wall_cli_study1_vs_cli_train={NUM} rounds=1",
         rf"^RATIO wall_study1_vs_standalone={NUM}",
-        rf"^RATIO wall_study1_cpus2_vs_standalone={NUM}",
+        rf"^RATIO wall_study1_cpus1_vs_standalone={NUM}",
         rf"^RATIO wall_studyN_vs_standalone={NUM} n=2 throughput={NUM}",
         rf"^RATIO startup_s standalone={NUM} study1={NUM} study1_from_cli={NUM}",
         rf"^RATIO next_trial_gap_s median={NUM} max={NUM}",

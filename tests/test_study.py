@@ -158,7 +158,7 @@ def test_a_lone_trial_trains_with_every_cpu_and_the_dry_run_says_auto(local_ray,
     """--cpus-per-trial auto on the 2-CPU local Ray: one trial at once gets 2 CPUs, and torch in the
     trial really runs 2 threads (recorded per epoch); the study fixture's 2 slots run 1 thread each."""
     assert main(["run", "--dry-run", "--num-samples", "1", "--storage-path", str(tmp_path)]) == 0
-    assert "auto (the cluster's CPUs / 1 trials at once" in capsys.readouterr().out
+    assert "auto CPUs (the cluster's CPUs / 1 trial(s) at once" in capsys.readouterr().out
     rc = main(["run", "--name", "lone", "--storage-path", str(tmp_path), "--num-samples", "1", "--max-epochs", "1",
                *TINY])
     assert rc == 0

@@ -303,9 +303,10 @@ def _range(cfg: TrialConfig, name: str, lo: float, hi: float, lo_open: bool = Fa
         raise ConfigError(f"config field '{name}' = {value!r} is out of range: expected {lo:g} {left} {name} {right} {hi_txt}{unit}")
 
 
-def _validate(cfg: TrialConfig) -> None:
-    from .data import DATASETS  # local import: data pulls in torch, config should stay light
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 
+
+def _validate(cfg: TrialConfig) -> None:
     _choice(cfg, "dataset", DATASETS)
     _choice(cfg, "activation", ACTIVATIONS)
     _choice(cfg, "norm", NORMS)

@@ -16,10 +16,10 @@ Nothing touches the network unless ``download=True`` (CIFAR only).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+from .config import DATASETS  # defined with the config, which must not import torch
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
