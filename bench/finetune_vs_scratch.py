@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # the best configuration of the `sfd` space that advtune's default study (TPE + ASHA) found in
 # bench/search_efficiency.py's full run, seed 0 (Fashion-MNIST, 2,000 train / 1,000 val images, small_cnn-16)
-BEST_SFD = {"peak_lr": 0.02, "warmup": 0.1, "decay_rate": 3.0, "train_eps": 0.1, "eps_ramp": 0.3}
+BEST_SFD = {"peak_lr": 0.05905, "warmup": 0.2547, "decay_rate": 1.567, "train_eps": 0.1051, "eps_ramp": 0.0}
 
 
 class Recorder:

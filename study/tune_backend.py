@@ -122,7 +122,7 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
         space=define_by_run(space, spec.base_config), metric="best_robust_acc", mode="max",
         points_to_evaluate=[dict(p) for p in space.starting_points] or None,
         sampler=optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(3, len(space.starting_points) + 1)),
-        study_name=spec.name, storage=storage, seed=spec.seed)
+        study_name=spec.name, storage=storage)  # the seed is the sampler's
     scheduler = ASHAScheduler(time_attr="epoch", metric="robust_acc", mode="max", max_t=spec.max_epochs,
                               grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
     return tune.Tuner(

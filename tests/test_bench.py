@@ -33,7 +33,8 @@ PROMISES = {
     ],
     "search_efficiency.py": [
         rf"^RATIO seed=0 method={m} best={NUM} total_gp={NUM} reach_gp={NUM} reach_frac_of_a={NUM}" for m in "abc"
-    ] + [rf"^RATIO median method={m} reach_frac_of_a={NUM} total_frac_of_a={NUM}" for m in "abc"],
+    ] + [rf"^RATIO median method={m} reach_frac_of_a={NUM} total_frac_of_a={NUM}" for m in "abc"]
+      + [rf"^RATIO method={m} best_within_30pct_of_a_compute={NUM} mean={NUM}" for m in "abc"],
     "finetune_vs_scratch.py": [
         rf"^RATIO finetune robust={NUM} clean={NUM} grad_passes={NUM} pretrain_passes={NUM}",
         rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
