@@ -38,6 +38,9 @@ def _ensure_pretrained(tb, spec, pretrain_cfg: dict | None) -> None:
 
 
 def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | None) -> int:
+    from .records import preload_tensorboard
+
+    preload_tensorboard()  # while Ray starts
     from . import tune_backend as tb
     from .export import compute_summary, export, load_study
     from .spec import check_resources, check_storage, resolve_cpus

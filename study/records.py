@@ -173,6 +173,21 @@ class StudyRecords:
         return [self.load_trial(d.name) for d in sorted(root.iterdir()) if d.is_dir()]
 
 
+def preload_tensorboard() -> None:
+    """Import TensorBoard's writer (it pulls in torch: ~2 s) on a background thread while Ray starts.
+    The driver's first ``on_trial_result`` needs it, and a function trainable waits while the driver
+    handles its result: imported there, it would stall the first trial for those seconds."""
+    import threading
+
+    def _import() -> None:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except Exception:  # the writer's own import reports it where it is needed
+            pass
+
+    threading.Thread(target=_import, name="advtune-preload", daemon=True).start()
+
+
 _METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "best_robust_acc",
                 "best_clean_acc", "best_epoch", "train_eps", "grad_passes", "epoch_seconds", "status", "stop_reason",
                 "co_fgsm_acc", "co_pgd_acc", "node_id", "torch_threads", "time_total_s", "timestamp")

@@ -25,6 +25,7 @@ PROMISES = {
          rf"^RATIO small_cnn@1x28x28/\S+ free-4/replay natural={NUM} bound={NUM}"],
     "overhead.py": [
         rf"^RATIO wall_cli_study1_vs_cli_train={NUM} rounds=1",
+        rf"^RATIO at_equal_epochs_cli_study1_vs_cli_train={NUM} fixed_s_train={NUM} fixed_s_study={NUM} epochs_s={NUM}",
         rf"^RATIO wall_study1_vs_standalone={NUM}",
         rf"^RATIO wall_study1_cpus1_vs_standalone={NUM}",
         rf"^RATIO wall_studyN_vs_standalone={NUM} n=2 throughput={NUM}",
