@@ -16,7 +16,7 @@ target is the best robust validation accuracy (a) found, minus 1 point; the scri
 compute each strategy spent when its best-so-far first reached the target, as a fraction of (a)'s
 total compute, and plots best-so-far against compute into ``docs/img/bench-search.png``.
 
-    .venv/bin/python bench/search_efficiency.py            # full: Fashion-MNIST subset, 12 trials x 4 epochs, seeds 0 1 2 (~35 min)
+    .venv/bin/python bench/search_efficiency.py            # full: Fashion-MNIST subset, 12 trials x 4 epochs, seeds 0 1 2 (~60 min)
     .venv/bin/python bench/search_efficiency.py --quick    # digits, 4 trials x 2 epochs, PGD-2 validation, seed 0 (~1 min)
 
 Full mode's problem (``FULL_SETS``): Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package,

@@ -39,11 +39,12 @@ PROMISES = {
     "finetune_vs_scratch.py": [
         rf"^RATIO finetune robust={NUM} clean={NUM} grad_passes={NUM} pretrain_passes={NUM}",
         rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
-        rf"^RATIO compute_scratch_over_finetune total={NUM} at_equal_robust={NUM}",
+        rf"^RATIO compute_scratch_over_finetune total={NUM} at_equal_robust={NUM} lower_bound={NUM}",
     ],
 }
 # numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
-MUST_BE_FINITE = {"attack_cost.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 1), "search_efficiency.py": ()}
+# (at_equal_robust is nan when scratch never reaches fine-tuning's accuracy; the lower bound is then what counts)
+MUST_BE_FINITE = {"attack_cost.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
 
 
 def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):
