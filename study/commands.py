@@ -191,7 +191,7 @@ def register(sub) -> None:
     p.add_argument("--concurrency", type=int, default=2, help="trials at once")
     p.add_argument("--cpus-per-trial", type=_cpus, default=None, metavar="N|auto",
                    help="CPUs (and torch threads) per trial; default auto: the cluster's CPUs divided among the "
-                   "trials that run at once, at most one node's worth")
+                   "trials that run at once, at most the smallest node's CPUs")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions (0.25) pack trials on one GPU")
     p.add_argument("--address", default=None, help="Ray cluster to join: auto, or ray://host:10001 (default: "
                    "start Ray on this machine)")

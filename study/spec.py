@@ -179,7 +179,7 @@ def _cpus_text(spec: StudySpec) -> str:
     if spec.cpus_per_trial is not None:
         return f"{spec.cpus_per_trial:g} CPU"
     return (f"auto CPUs (the cluster's CPUs / {min(spec.concurrency, spec.num_samples)} trial(s) at once, at most "
-            "one node's)")
+            "the smallest node's)")
 
 
 def resolve_cpus(spec: StudySpec, nodes: list[dict[str, Any]]) -> StudySpec:
