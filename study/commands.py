@@ -51,8 +51,8 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         nodes = tb.cluster_nodes()
         if spec.cpus_per_trial is None:
             spec = resolve_cpus(spec, nodes)
-            print(f"cpus per trial: {spec.cpus_per_trial:g} (auto: {min(spec.concurrency, spec.num_samples)} "
-                  "trial(s) at once on this cluster's CPUs; set --cpus-per-trial to choose)", flush=True)
+            print(f"cpus per trial: {spec.cpus_per_trial:g} (auto: {spec.slots} trial(s) at once on this cluster's "
+                  "CPUs; set --cpus-per-trial to choose)", flush=True)
         check_resources(spec, nodes)
         check_storage(spec, len(nodes))
         _ensure_pretrained(tb, spec, pretrain_cfg)

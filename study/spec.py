@@ -43,6 +43,11 @@ class StudySpec:
     assume_shared_storage: bool = False
 
     @property
+    def slots(self) -> int:
+        """Trials that run at once: the concurrency cap, or fewer when the study has fewer trials."""
+        return min(self.concurrency, self.num_samples)
+
+    @property
     def study_dir(self) -> Path:
         return Path(self.storage_path) / self.name
 
@@ -178,8 +183,7 @@ def check_storage(spec: StudySpec, n_nodes: int) -> None:
 def _cpus_text(spec: StudySpec) -> str:
     if spec.cpus_per_trial is not None:
         return f"{spec.cpus_per_trial:g} CPU"
-    return (f"auto CPUs (the cluster's CPUs / {min(spec.concurrency, spec.num_samples)} trial(s) at once, at most "
-            "the smallest node's)")
+    return f"auto CPUs (the cluster's CPUs / {spec.slots} trial(s) at once, at most the smallest node's)"
 
 
 def resolve_cpus(spec: StudySpec, nodes: list[dict[str, Any]]) -> StudySpec:
@@ -194,8 +198,7 @@ def resolve_cpus(spec: StudySpec, nodes: list[dict[str, Any]]) -> StudySpec:
     if not hosts:
         cpus = 1.0  # check_resources then names what is missing
     else:
-        slots = min(spec.concurrency, spec.num_samples)
-        cpus = float(max(1, min(int(sum(hosts) // slots), int(min(hosts)))))
+        cpus = float(max(1, min(int(sum(hosts) // spec.slots), int(min(hosts)))))
     return replace(spec, cpus_per_trial=cpus)
 
 
