@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +49,21 @@ def versions() -> dict[str, str]:
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves a torn file."""
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def copy_atomic(src: str | Path, path: str | Path) -> None:
+    """Copy ``src`` to ``path`` through a temporary file and a rename: readers see the old file or the new one."""
+    _write_atomic(path, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def _write_atomic(path: str | Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -62,14 +62,7 @@ def ensure_pretrained(cfg: TrialConfig, progress: bool = False) -> Path:
 def pretrain_into(cfg: dict, target: str) -> str:
     """Make ``cfg``'s starting point (cached) and copy it to ``target`` atomically. Runs as a Ray
     task on a cluster node, so ``cfg`` is a plain dict."""
-    import shutil
-    import tempfile
+    from .checkpoints import copy_atomic
 
-    src = ensure_pretrained(TrialConfig.from_dict(cfg))
-    out = Path(target)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".best.pt.")
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, out)
-    return str(out)
+    copy_atomic(ensure_pretrained(TrialConfig.from_dict(cfg)), target)
+    return str(target)

@@ -31,9 +31,10 @@ class TuneReporter:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray
+        import torch
         from ray import tune
 
-        import torch
+        from .checkpoints import copy_atomic
 
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "torch_threads": torch.get_num_threads()}
         if checkpoint_dir is not None:
@@ -42,8 +43,7 @@ class TuneReporter:
             for name in ("best.pt", "last.pt"):  # best first: a kill in between leaves a consistent pair
                 src = os.path.join(checkpoint_dir, name)
                 if os.path.exists(src):
-                    shutil.copyfile(src, self.trial_dir / f".{name}.tmp")
-                    os.replace(self.trial_dir / f".{name}.tmp", self.trial_dir / name)
+                    copy_atomic(src, self.trial_dir / name)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         tune.report(metrics)
 
@@ -77,10 +77,9 @@ class _FaultingReporter(TuneReporter):
 def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str) -> None:
     """Ray Tune function trainable: ``params`` are the trial's searched values, ``base`` the
     study's fixed trial config, ``study_dir`` the study directory (a path every node sees)."""
-    from ray import tune
-
     import ray
     import torch
+    from ray import tune
 
     from . import finetune
 
