@@ -31,7 +31,6 @@ Prints:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -88,10 +87,6 @@ def evaluate(cfg, path: Path, steps: int, restarts: int, n_test: int) -> tuple[f
     return res.clean_acc, res.robust_acc, res.n
 
 
-def len_text(cfg) -> str:
-    return "full train split" if cfg.train_size is None else f"{cfg.train_size} train images"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="digits, few epochs, PGD-10-2 evaluation")
@@ -105,6 +100,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="advtune-fvs-"))
     os.environ.setdefault("ADVTUNE_CACHE", str(tmp / "cache"))
 
+    from study.records import read_jsonl
     from trainables import finetune
     from trainables.config import TrialConfig
     from trainables.pretrain import cached_path, ensure_pretrained
@@ -120,12 +116,12 @@ def main() -> int:
     ft_cfg = base.replace(pretrained="auto", schedule="sfd", epochs=ft_epochs, **BEST_SFD)
     sc_cfg = base.replace(pretrained="none", schedule="piecewise", milestones=(0.5, 0.75), gamma=0.1, peak_lr=0.05,
                           eps_ramp=0.0, train_eps=None, epochs=sc_epochs)
-    print(f"data {base.dataset} ({len_text(base)}, val {base.val_size}), {base.model}, linf eps {base.eval_eps}, "
+    print(f"data {base.dataset} ({base.train_size or 'all'} train images, val {base.val_size}), {base.model}, linf eps {base.eval_eps}, "
           f"PGD-{base.train_steps} training; fine-tuning schedule {BEST_SFD}", flush=True)
 
     t0 = time.time()
     ensure_pretrained(ft_cfg)
-    pre_metrics = [json.loads(ln) for ln in (cached_path(ft_cfg).parent / "metrics.jsonl").read_text().splitlines()]
+    pre_metrics = read_jsonl(cached_path(ft_cfg).parent / "metrics.jsonl")
     pre_passes = int(pre_metrics[-1]["grad_passes"])
     t_pre = time.time() - t0
     print(f"  pretrain  {pre_epochs} epochs natural: clean val {100 * pre_metrics[-1]['clean_acc']:.1f}%, "

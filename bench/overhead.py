@@ -108,9 +108,9 @@ def _study_argv(root: Path, name: str, n: int, slots: int, epochs: int, sets: li
 
 def epoch_seconds(metrics: Path) -> float:
     """Training + validation seconds of a run: the sum of its epochs' ``epoch_seconds``."""
-    import json
+    from study.records import read_jsonl
 
-    return sum(json.loads(line)["epoch_seconds"] for line in metrics.read_text().splitlines() if line.strip())
+    return sum(m["epoch_seconds"] for m in read_jsonl(metrics))
 
 
 def cli_wall(argv: list[str], cwd: Path) -> float:

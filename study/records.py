@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "StudyRecords", "TrialRecord", "read_marker", "FINAL_STATES"]
+__all__ = ["MARKER", "StudyRecords", "TrialRecord", "read_marker", "FINAL_STATES", "read_jsonl"]
 
 MARKER = "advtune_study.json"
 FINAL_STATES = ("completed", "pruned", "diverged", "catastrophic_overfitting", "error")
@@ -98,7 +98,7 @@ class StudyRecords:
     def on_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
         keep = {k: v for k, v in metrics.items() if k in _METRIC_KEYS}
         path = self.trial_dir(trial_id) / "metrics.jsonl"
-        old = _read_jsonl(path)
+        old = read_jsonl(path)
         kept = [m for m in old if m["epoch"] < keep["epoch"]]
         if len(kept) == len(old):
             with open(path, "a") as f:
@@ -163,7 +163,7 @@ class StudyRecords:
         d = self.study_dir / "trials" / trial_id
         params = json.loads((d / "params.json").read_text()) if (d / "params.json").exists() else {}
         state = json.loads((d / "state.json").read_text()) if (d / "state.json").exists() else {}
-        return TrialRecord(trial_id, params, _read_jsonl(d / "metrics.jsonl"), state.get("state", "running"),
+        return TrialRecord(trial_id, params, read_jsonl(d / "metrics.jsonl"), state.get("state", "running"),
                            state.get("error", ""), d)
 
     def load(self) -> list[TrialRecord]:
@@ -193,7 +193,8 @@ _METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_a
                 "co_fgsm_acc", "co_pgd_acc", "node_id", "torch_threads", "time_total_s", "timestamp")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (a trial's or ``advtune train``'s); [] when there is none."""
     if not path.exists():
         return []
     out = []
