@@ -189,7 +189,7 @@ def preload_tensorboard() -> None:
 
 
 _METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "best_robust_acc",
-                "best_clean_acc", "best_epoch", "train_eps", "grad_passes", "epoch_seconds", "status", "stop_reason",
+                "best_clean_acc", "best_epoch", "train_eps", "grad_passes", "guard_passes", "epoch_seconds", "status", "stop_reason",
                 "co_fgsm_acc", "co_pgd_acc", "node_id", "torch_threads", "time_total_s", "timestamp")
 
 

@@ -104,14 +104,31 @@ def step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad.sign() if norm == "linf" else grad / _norms(grad)
 
 
+# fp16 input gradients underflow to zero without loss scaling (measured on a naturally pretrained
+# digits model: 23% of images got an all-zero gradient, and PGD-10 read 11% robust where fp32 reads
+# 2%). The attack's step depends only on the gradient's direction, so the loss is scaled up before
+# the backward pass; a scale that overflows is halved until the gradient is finite.
+FP16_LOSS_SCALE = 2.0 ** 12
+_MIN_LOSS_SCALE = 1.0
+
+
 def _grad(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, target: torch.Tensor, loss_fn: LossFn,
           amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``loss_fn`` w.r.t. ``delta`` (up to a positive factor under fp16, where the loss
+    is scaled so that no gradient underflows) and the logits."""
     delta = delta.detach().requires_grad_(True)
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(x + delta)
     loss = loss_fn(logits, target)
-    (grad,) = torch.autograd.grad(loss, delta)
-    return grad, logits.detach()
+    if amp_dtype != torch.float16:
+        (grad,) = torch.autograd.grad(loss, delta)
+        return grad, logits.detach()
+    scale = FP16_LOSS_SCALE
+    while True:
+        (grad,) = torch.autograd.grad(loss * scale, delta, retain_graph=scale > _MIN_LOSS_SCALE)
+        if scale <= _MIN_LOSS_SCALE or bool(torch.isfinite(grad).all()):
+            return grad, logits.detach()
+        scale /= 16.0
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",

@@ -98,7 +98,7 @@ class TrialConfig:
     train_step_size: float | None = _f(None, "training step, pixel units; default pgd 2.5*eps/k, fgsm_rs 1.25*eps, fgsm/free eps")
     free_replays: int = _f(4, "free AT: replays m of each minibatch")
     eps_ramp: float = _f(0.3, "fraction of training over which train_eps ramps linearly up from 0")
-    attack_bn_mode: str = _f("eval", "BatchNorm mode while crafting training attacks: eval | train")
+    attack_bn_mode: str = _f("auto", "BatchNorm mode while crafting training attacks: auto | eval | train (auto: eval; train for free AT, whose perturbation comes from the training pass itself)")
     loss: str = _f("ce", "ce (Madry) | trades (Zhang et al.)")
     trades_beta: float = _f(6.0, "TRADES robustness weight")
 
@@ -153,6 +153,13 @@ class TrialConfig:
     def train_eps_value(self) -> float:
         """Training epsilon, pixel units (defaults to eval_eps)."""
         return self.eval_eps if self.train_eps is None else self.train_eps
+
+    @property
+    def attack_bn_value(self) -> str:
+        """The BatchNorm mode training attacks craft in ("eval" or "train"), ``auto`` resolved."""
+        if self.attack_bn_mode != "auto":
+            return self.attack_bn_mode
+        return "train" if self.attack == "free" else "eval"
 
     @property
     def val_step_value(self) -> float:
@@ -313,7 +320,7 @@ def _validate(cfg: TrialConfig) -> None:
     _choice(cfg, "attack", ATTACKS)
     _choice(cfg, "schedule", SCHEDULES)
     _choice(cfg, "finetune_scope", SCOPES)
-    _choice(cfg, "attack_bn_mode", ("eval", "train"))
+    _choice(cfg, "attack_bn_mode", ("auto", "eval", "train"))
     _choice(cfg, "loss", ("ce", "trades"))
     _choice(cfg, "warmup_shape", ("linear", "cosine"))
     _choice(cfg, "amp", ("auto", "off", "bf16", "fp16"))
@@ -356,5 +363,8 @@ def _validate(cfg: TrialConfig) -> None:
         raise ConfigError(f"config field 'milestones' = {list(cfg.milestones)} must be increasing fractions in (0,1), e.g. [0.5, 0.75]")
     if cfg.dataset == "imagefolder" and not cfg.data_root:
         raise ConfigError("dataset 'imagefolder' needs data_root: --set data_root=PATH (a folder with train/<class>/*.jpg)")
-    if cfg.loss == "trades" and cfg.attack not in ("pgd", "none"):
+    if cfg.loss == "trades" and cfg.attack != "pgd":
         raise ConfigError(f"loss 'trades' crafts its own KL attack with PGD; set attack=pgd (got attack={cfg.attack!r})")
+    if cfg.attack == "free" and cfg.attack_bn_mode == "eval":
+        raise ConfigError("attack 'free' takes its perturbation's gradient from the training pass itself, which runs "
+                          "BatchNorm in train mode, so attack_bn_mode=eval cannot hold; use attack_bn_mode=auto (or train)")

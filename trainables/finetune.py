@@ -45,10 +45,11 @@ def _train_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype) -
     """One minibatch of adversarial training. Returns (summed loss, correct count, grad passes)."""
     bs = y.shape[0]
     autocast = lambda: torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)  # noqa: E731
-    common = dict(norm=cfg.norm, bn_mode=cfg.attack_bn_mode, amp_dtype=dtype)
+    common = dict(norm=cfg.norm, bn_mode=cfg.attack_bn_value, amp_dtype=dtype)
     passes = 1
     if cfg.loss == "trades":
-        with torch.no_grad(), autocast():
+        # the clean target is part of crafting the attack: same BatchNorm mode, no side effects
+        with attacks.attack_mode(model, cfg.attack_bn_value), torch.no_grad(), autocast():
             clean_probs = F.softmax(model(x).float(), 1)
         x_adv = attacks.pgd(model, x, clean_probs, eps, steps=cfg.train_steps, step=cfg.train_step_size,
                             loss_fn=attacks.trades_kl, **common) if eps > 0 else x
@@ -109,19 +110,26 @@ def _free_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype, st
     return loss_sum / n, torch.div(correct, n, rounding_mode="floor"), n * y.shape[0]
 
 
-def _co_check(cfg: TrialConfig, model, batch, eps: float, dtype) -> tuple[float, float]:
-    """FGSM and PGD-10 accuracy on a fixed training batch (Wong et al.'s overfitting signal)."""
+CO_PGD_STEPS = 10
+
+
+def _co_check(cfg: TrialConfig, model, batch) -> tuple[float, float, int]:
+    """FGSM and PGD-10 accuracy on a fixed training batch (Wong et al.'s overfitting signal), and the
+    grad passes it cost. Always at the full training epsilon and in fp32: measured at a ramping
+    epsilon, successive checks would compare PGD accuracies at different radii (it falls as eps
+    grows, which is no overfitting), and under fp16 input gradients can underflow."""
     x, y = batch
+    eps = cfg.train_eps_value
     with fixed_rng(12345, x.device):
-        xf = attacks.fgsm(model, x, y, eps, cfg.norm, amp_dtype=dtype)
-        xp = attacks.pgd(model, x, y, eps, cfg.norm, steps=10, amp_dtype=dtype)
+        xf = attacks.fgsm(model, x, y, eps, cfg.norm)
+        xp = attacks.pgd(model, x, y, eps, cfg.norm, steps=CO_PGD_STEPS)
         was = model.training
         model.eval()
         with torch.no_grad():
             fgsm_acc = (model(xf).argmax(1) == y).float().mean().item()
             pgd_acc = (model(xp).argmax(1) == y).float().mean().item()
         model.train(was)
-    return fgsm_acc, pgd_acc
+    return fgsm_acc, pgd_acc, (1 + CO_PGD_STEPS) * y.shape[0]
 
 
 def _segments(n_batches: int, per_epoch: int) -> list[int]:
@@ -159,8 +167,9 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
         x_all, y_all = next(iterate(train_split, 512, device))
         co_batch = (x_all, y_all)
 
-    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "grad_passes": 0, "best": -1.0,
-                             "best_metrics": None, "history": [], "co_best_pgd": -1.0, "free_delta": None}
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "grad_passes": 0, "guard_passes": 0, "best": -1.0,
+                             "best_metrics": None, "history": [], "co_best_pgd": -1.0, "free_delta": None,
+                             "lr": schedule(0.0)}
     work = Path(tempfile.mkdtemp(prefix="advtune-trial-"))
     if resume_from is not None:
         _restore(resume_from, cfg, model, opt, scaler, state, work)
@@ -170,6 +179,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
         lr = schedule(t)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
+        state["lr"] = lr  # reported: the LR of the last step taken
         return lr
 
     status, stop_reason = "running", ""
@@ -222,25 +232,32 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             state["batch"] = seg_end if status == "running" else b + 1
             if status == "running" and not math.isfinite(loss_sum.item()):
                 status, stop_reason = "diverged", f"training loss became {loss_sum.item()} in epoch {epoch + 1}"
-            lr_now = schedule(min(state["step"] / total_steps, 1.0))
-            metrics = _validate(cfg, model, val_split, device, dtype, final=state["epoch"] + 1 >= cfg.epochs
+            metrics = _validate(cfg, model, val_split, device, final=state["epoch"] + 1 >= cfg.epochs
                                 and state["batch"] >= n_batches) if status == "running" else \
                 {"clean_acc": 0.0, "robust_acc": 0.0}
             if fgsm_based and status == "running" and eps > 0:
-                fgsm_acc, pgd_acc = _co_check(cfg, model, co_batch, eps, dtype)
+                fgsm_acc, pgd_acc, passes = _co_check(cfg, model, co_batch)
+                state["guard_passes"] += passes
                 metrics.update(co_fgsm_acc=fgsm_acc, co_pgd_acc=pgd_acc)
-                if fgsm_acc - pgd_acc > cfg.co_gap or pgd_acc < state["co_best_pgd"] - cfg.co_drop:
+                # Both signals must agree with validation: a run whose robust validation accuracy still
+                # rises is not overfitting, whatever a single training batch says.
+                # (The first check has no trend to go by: there the batch signals decide alone.)
+                rising = state["best"] >= 0 and metrics["robust_acc"] > state["best"]
+                if not rising and (fgsm_acc - pgd_acc > cfg.co_gap or pgd_acc < state["co_best_pgd"] - cfg.co_drop):
                     status = "catastrophic_overfitting"
-                    stop_reason = (f"catastrophic overfitting at epoch {epoch + 1}: on a training batch FGSM accuracy "
-                                   f"{fgsm_acc:.2f} vs PGD-10 {pgd_acc:.2f} (best PGD {max(state['co_best_pgd'], 0):.2f})")
+                    stop_reason = (f"catastrophic overfitting at epoch {epoch + 1}: on a training batch at train eps "
+                                   f"{cfg.train_eps_value:.4g} FGSM accuracy {fgsm_acc:.2f} vs PGD-10 {pgd_acc:.2f} "
+                                   f"(best PGD {max(state['co_best_pgd'], 0):.2f}); robust val acc "
+                                   f"{metrics['robust_acc']:.3f} not above its best {max(state['best'], 0):.3f}")
                 state["co_best_pgd"] = max(state["co_best_pgd"], pgd_acc)
             if state["batch"] >= n_batches:
                 state["epoch"], state["batch"] = epoch + 1, 0
             progress_epochs = state["epoch"] + state["batch"] / n_batches
             metrics.update(
                 epoch=progress_epochs if cfg.evals_per_epoch > 1 else int(round(progress_epochs)),
-                lr=lr_now, train_loss=(loss_sum / max(seen, 1)).item(), train_acc=correct.item() / max(seen, 1),
-                train_eps=eps, grad_passes=state["grad_passes"], epoch_seconds=time.perf_counter() - t0)
+                lr=state["lr"], train_loss=(loss_sum / max(seen, 1)).item(), train_acc=correct.item() / max(seen, 1),
+                train_eps=eps, grad_passes=state["grad_passes"], guard_passes=state["guard_passes"],
+                epoch_seconds=time.perf_counter() - t0)
             if status == "running" and state["epoch"] >= cfg.epochs:
                 status = "completed"
             ckpt_dir = None
@@ -266,13 +283,16 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             "grad_passes": state["grad_passes"], "epochs_run": state["epoch"]}
 
 
-def _validate(cfg: TrialConfig, model, val_split, device, dtype, final: bool) -> dict[str, float]:
+def _validate(cfg: TrialConfig, model, val_split, device, final: bool) -> dict[str, float]:
+    """Clean and robust validation accuracy, always in fp32 whatever the trial trains in: the figure
+    ASHA and the searcher select on must not depend on a trial's ``amp`` (fp16 input gradients
+    underflow and inflate robust accuracy)."""
     if cfg.attack == "none" and not final:  # natural (pre)training: robust accuracy only at the end
         res = evaluate_pgd(model, val_split, cfg.norm, cfg.eval_eps, steps=1, restarts=1, batch_size=cfg.eval_batch_size,
-                           device=device, amp_dtype=dtype)
+                           device=device)
         return {"clean_acc": res.clean_acc, "robust_acc": float("nan")}
     res = evaluate_pgd(model, val_split, cfg.norm, cfg.eval_eps, steps=cfg.val_steps, restarts=cfg.val_restarts,
-                       step=cfg.val_step_value, batch_size=cfg.eval_batch_size, device=device, amp_dtype=dtype)
+                       step=cfg.val_step_value, batch_size=cfg.eval_batch_size, device=device)
     return {"clean_acc": res.clean_acc, "robust_acc": res.robust_acc}
 
 
@@ -293,7 +313,8 @@ def _write_last(cfg, model, opt, scaler, state, ckpt_dir: str) -> None:
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    progress = {k: state[k] for k in ("epoch", "batch", "step", "grad_passes", "best", "co_best_pgd")}
+    progress = {k: state[k] for k in ("epoch", "batch", "step", "grad_passes", "guard_passes", "best", "co_best_pgd",
+                                      "lr")}
     payload = {"format": FORMAT, "kind": "last", "config": cfg.to_dict(), "versions": versions(),
                "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                "progress": progress, "best_metrics": state["best_metrics"], "history": state["history"],

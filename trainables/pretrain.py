@@ -2,8 +2,9 @@
 
 It is the same training loop with ``attack: none`` and a cosine schedule, so there is one code
 path that trains. The result is cached under ``$ADVTUNE_CACHE`` (default ``~/.cache/advtune``)
-keyed by what determines it (data, split, model, epochs, LR, batch size), never by the trial's own
-seed or searched hyperparameters: every trial of a study starts from the same weights.
+keyed by every setting of the pretraining run that changes its weights (data, split, model, epochs, LR,
+batch size, optimizer settings, AMP, ...), never by the trial's own seed or fine-tuning hyperparameters:
+every trial of a study starts from the same weights.
 """
 from __future__ import annotations
 
@@ -17,8 +18,14 @@ from .config import TrialConfig
 
 __all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained", "pretrain_into"]
 
-_KEY_FIELDS = ("dataset", "data_root", "image_size", "val_size", "split_seed", "train_size", "model", "pretrain_epochs",
-               "pretrain_lr", "batch_size", "augment")
+# Fields that cannot change naturally pretrained weights (the threat model and training attack only
+# matter once there is an attack; evaluation and bookkeeping settings never touch the weights).
+# Every other field of the pretraining config is in the cache key, so a field added to TrialConfig
+# later is in it by default: reusing weights trained under other settings is the error to avoid.
+_NOT_IN_KEY = frozenset({
+    "norm", "eval_eps", "val_steps", "val_restarts", "val_step_size", "eval_batch_size", "train_eps", "train_steps",
+    "train_step_size", "free_replays", "attack_bn_mode", "trades_beta", "co_guard", "co_gap", "co_drop", "device",
+    "download", "trust_checkpoint", "pretrained"})
 
 
 def cache_dir() -> Path:
@@ -34,7 +41,7 @@ def pretrain_config(cfg: TrialConfig) -> TrialConfig:
 
 
 def cached_path(cfg: TrialConfig) -> Path:
-    key = {k: getattr(cfg, k) for k in _KEY_FIELDS}
+    key = {k: v for k, v in pretrain_config(cfg).to_dict().items() if k not in _NOT_IN_KEY}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     name = f"{cfg.dataset}-{cfg.model.replace(':', '_')}-{digest}"
     return cache_dir() / "pretrained" / name / "best.pt"
