@@ -126,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec, space = build_spec(args, _load_config(args))
     print(describe(spec, space), flush=True)
     if args.dry_run:
+        _warm_start(spec, space)  # says what a warm start would take, or refuses it, before anything runs
         return 0
     study_dir = spec.study_dir
     if study_dir.exists() and any(study_dir.iterdir()):
