@@ -181,3 +181,21 @@ def test_a_warm_started_study_seeds_its_sampler_and_says_what_it_took(mo_study, 
     assert not any(all(t.params[k] == pytest.approx(v) for k, v in sfd_start.items()) for t in own)
     marker = json.loads((storage / "warm" / "advtune_study.json").read_text())
     assert marker["spec"]["warm_start"] == [str(mo_study)]
+
+
+def test_constrained_export_puts_the_trials_above_the_clean_floor_first(tmp_path):
+    """A study's files as advtune writes them (no Ray): the most robust trial misses the floor."""
+    from study.records import MARKER, StudyRecords as Records
+
+    d = tmp_path / "c"
+    rec = Records(d, tensorboard=False)
+    for tid, robust, clean in (("strong", 0.5, 0.85), ("kept", 0.4, 0.95), ("weak", 0.3, 0.97)):
+        rec.on_start(tid, {"peak_lr": 0.02})
+        rec.on_result(tid, {"epoch": 1, "robust_acc": robust, "clean_acc": clean, "grad_passes": 10})
+        rec.on_end(tid, "completed")
+    spec = {"name": "c", "space": "sfd", "base_config": {}, "max_epochs": 1, "objective": "robust:clean>=0.9"}
+    (d / MARKER).write_text(json.dumps({"advtune_study": 1, "spec": spec, "space_base": {}}))
+    assert main(["export", str(d), "--top-k", "2", "--format", "json"]) == 0
+    index = json.loads((d / "export" / "best.json").read_text())
+    assert [e["trial_id"] for e in index["entries"]] == ["kept", "weak"]
+    assert index["objective"] == "robust:clean>=0.9"
