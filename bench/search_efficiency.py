@@ -6,7 +6,8 @@ the same naturally pretrained starting point (made once, before any study), per 
 (a) random search, every trial run to completion (Optuna RandomSampler, Tune's FIFO scheduler);
 (b) random search + ASHA (advtune's ASHA settings: time attribute epoch, robust_acc, its rungs);
 (c) advtune's default: ``study.tune_backend.make_tuner`` as ``advtune run`` builds it (TPE with the
-    space's starting points first + ASHA, PRUNED trials reported to Optuna as such).
+    space's starting points first + ASHA, PRUNED trials reported to Optuna as such); ``--objective``
+    and ``--sampler`` run (c) as ``advtune run --objective/--sampler`` would, to compare other defaults.
 
 (a) and (b) are built from the same ``study.tune_backend`` pieces as (c) (``_trainable``,
 ``PruningAwareOptunaSearch``, ``StudyCallback``), only the sampler / scheduler differ; all run on one
@@ -83,7 +84,7 @@ def build_spec(root: Path, name: str, args, seed: int, sets: list[str]):
     ns = SimpleNamespace(space="sfd", num_samples=args.trials, max_epochs=args.epochs, grace_period=1,
                          reduction_factor=2, concurrency=2, cpus_per_trial=1.0, gpus_per_trial=0.0, address=None,
                          storage_path=str(root), name=name, seed=seed, max_failures=0, verbose=False,
-                         assume_shared_storage=False)
+                         assume_shared_storage=False, objective=args.objective, sampler=args.sampler)
     return _build(ns, TrialConfig().with_overrides(sets))
 
 
@@ -177,6 +178,9 @@ def plot(results: dict, seeds: list[int], out: Path, title: str) -> None:
 
 
 def analyse(results: dict, args, tmp: Path) -> None:
+    objective, sampler = getattr(args, "objective", "robust"), getattr(args, "sampler", "tpe")
+    if (objective, sampler) != ("robust", "tpe"):
+        METHODS["c"] = f"advtune ({sampler}, --objective {objective}) + ASHA"
     print(f"\n{TITLES[args.dataset]}, sfd space, {args.trials} trials x {args.epochs} epochs, 2 slots; "
           "compute = grad passes in trial completion order; target = best of (a) - 1 point")
     print(f"{'seed':>4} {'method':<32} {'best':>6} {'total gp':>11} {'x (a)':>6} {'gp to target':>13} {'x (a) total':>12}")
@@ -222,6 +226,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--dataset", choices=sorted(FULL_SETS), default=None,
                     help="problem of the full mode (default fashion-mnist; --quick always uses digits)")
+    ap.add_argument("--objective", default="robust", help="(c)'s `advtune run --objective` (robust, robust+clean, "
+                    "robust:clean>=X); (a) and (b) always search robust accuracy. Curves compare best robust accuracy")
+    ap.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="(c)'s `advtune run --sampler`")
     ap.add_argument("--plot", default=None, help="PNG path (default docs/img/bench-search.png; quick: a temp file)")
     ap.add_argument("--from-json", metavar="RESULTS", default=None,
                     help="analyse and plot the curves a previous run saved (its results.json) instead of running")
@@ -267,7 +274,7 @@ def main() -> int:
     finally:
         ray.shutdown()
 
-    saved = {"args": {k: getattr(args, k) for k in ("dataset", "trials", "epochs", "seeds")},
+    saved = {"args": {k: getattr(args, k) for k in ("dataset", "trials", "epochs", "seeds", "objective", "sampler")},
              "results": {f"{s}-{m}": r for (s, m), r in results.items()}}
     (tmp / "results.json").write_text(json.dumps(saved, indent=1))
     print(f"curves: {tmp / 'results.json'}")

@@ -69,7 +69,10 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         raise StudyError(f"the study in {study_dir} ran no trial; see the messages above")
     summary = compute_summary(records, spec.max_epochs)
     paths = export(study_dir, top_k=3)
-    best = max((r for r in records if r.best), key=lambda r: r.best["robust_acc"], default=None)
+    from .objectives import parse_objective, search_front
+
+    objective = parse_objective(spec.objective)
+    best = min((r for r in records if r.best), key=objective.rank_key, default=None)
     print("\n" + "=" * 78)
     print(f"study {spec.name}: {summary['trials']} trials, {summary['pruned']} stopped early by ASHA, "
           f"{wall:.0f} s wall")
@@ -77,6 +80,12 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         print(f"best trial {best.trial_id} ({best.state}): robust val acc {100 * best.best['robust_acc']:.1f}%, "
               f"clean val acc {100 * best.best['clean_acc']:.1f}% at epoch {best.best['epoch']:g}")
         print("best config (searched values): " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
+        if not objective.feasible(best):
+            print(f"no trial kept clean val acc >= {100 * objective.min_clean:g}%: the one above is the most robust")
+    front = search_front(study_dir, marker, records) if objective.multi else None
+    if front:
+        print(f"Pareto front the search found ({len(front)} trials, robust / clean val acc): " + ", ".join(
+            f"{r.trial_id} {100 * r.best['robust_acc']:.1f}/{100 * r.best['clean_acc']:.1f}%" for r in front))
     ratio = summary["grad_passes"] / max(summary["grad_passes_no_pruning"], 1)
     print(f"compute: {summary['grad_passes']:,.0f} grad passes, {summary['trial_seconds']:.0f} trial-seconds; "
           f"without pruning the same trials would cost {summary['grad_passes_no_pruning']:,.0f} grad passes, "
@@ -117,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec, space = build_spec(args, _load_config(args))
     print(describe(spec, space), flush=True)
     if args.dry_run:
+        _warm_start(spec, space)  # says what a warm start would take, or refuses it, before anything runs
         return 0
     study_dir = spec.study_dir
     if study_dir.exists() and any(study_dir.iterdir()):
@@ -124,8 +134,23 @@ def cmd_run(args: argparse.Namespace) -> int:
                          "or choose another --name")
     spec, pretrain_cfg = _pretrained_target(spec, study_dir)
     pretrain = pretrain_cfg.to_dict() if pretrain_cfg is not None else None
+    warm = _warm_start(spec, space)  # refuses an incomparable study before anything is written
     _write_marker(spec, space, study_dir, pretrain)
+    if warm is not None:
+        from .warm_start import seed
+
+        seed(study_dir, spec, warm)
     return _launch(spec, space, study_dir, resume=False, pretrain_cfg=pretrain)
+
+
+def _warm_start(spec, space):
+    if not spec.warm_start:
+        return None
+    from .warm_start import collect
+
+    warm = collect(spec, space)
+    print("\n".join(warm.lines), flush=True)
+    return warm
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -161,7 +186,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
-    paths = export(args.study, top_k=args.top_k, pareto_front=args.pareto, fmt=args.format, out=args.out)
+    # --top-k asks for a ranking; with neither flag a two-objective study exports its Pareto front
+    pareto_front = True if args.pareto else (False if args.top_k is not None else None)
+    paths = export(args.study, top_k=args.top_k or 1, pareto_front=pareto_front, fmt=args.format, out=args.out)
     print(f"wrote {paths[0]}")
     for p in paths[1:]:
         print(f"  {p}   rerun: advtune train --config {p}")
@@ -201,6 +228,15 @@ def register(sub) -> None:
                    help="trust that --storage-path is visible to every node")
     p.add_argument("--name", default=None, help="study name (default <space>-<dataset>-<time>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--objective", default="robust", metavar="robust|robust+clean|robust:clean>=X",
+                   help="what the search maximises: best robust val accuracy (default); robust+clean, the "
+                   "clean-robust Pareto front (multi-objective TPE); or robust:clean>=0.85, the most robust trial "
+                   "that keeps clean accuracy >= 85%%. ASHA prunes on robust accuracy in every case")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
+                   help="Optuna sampler: tpe (default) or random (the baseline of bench/search_efficiency.py)")
+    p.add_argument("--warm-start", nargs="+", default=[], metavar="DIR",
+                   help="earlier study directories (same space and threat model) whose finished trials seed the "
+                   "sampler, without re-running them")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
     p.add_argument("--dry-run", action="store_true", help="print the resolved study and exit")
     p.add_argument("--verbose", action="store_true", help="Ray Tune's own output too")
@@ -217,8 +253,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help="write the best configs (loadable by advtune train --config)")
     p.add_argument("study")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--pareto", action="store_true", help="the clean-vs-robust Pareto set instead of top-k")
+    p.add_argument("--top-k", type=int, default=None, help="the k most robust trials (default 1; feasible "
+                   "ones first under robust:clean>=X)")
+    p.add_argument("--pareto", action="store_true", default=None, help="the clean-vs-robust Pareto set instead of "
+                   "top-k (the default of a robust+clean study: the front its search found)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.add_argument("--out", default=None, help="folder (default STUDY/export)")
     p.set_defaults(func=cmd_export)

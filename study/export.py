@@ -12,7 +12,7 @@ from trainables.config import TrialConfig
 from .errors import StudyError
 from .records import StudyRecords, TrialRecord, read_marker
 
-__all__ = ["load_study", "status_table", "pareto", "export", "compute_summary", "trial_config"]
+__all__ = ["load_study", "status_table", "pareto", "export", "entry_name", "compute_summary", "trial_config"]
 
 
 def load_study(study_dir: str | Path) -> tuple[dict[str, Any], list[TrialRecord]]:
@@ -67,30 +67,46 @@ def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path
     }
 
 
-def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool = False, fmt: str = "yaml",
+def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool | None = None, fmt: str = "yaml",
            out: str | Path | None = None) -> list[Path]:
     """Write the best ``top_k`` trials (or the clean-vs-robust Pareto set) one file each, plus an
-    index. Each file loads with ``advtune train --config FILE``. Returns the paths written."""
+    index. Each file loads with ``advtune train --config FILE``. Returns the paths written.
+
+    ``pareto_front`` None: the study's objective decides (``robust+clean``: the Pareto front its
+    search found, see ``study.objectives.search_front``; otherwise top-k). Top-k puts trials that
+    meet a ``robust:clean>=X`` floor first."""
+    from .objectives import objective_of, search_front
+
     study_dir = Path(study_dir)
     marker, records = load_study(study_dir)
     ranked = [r for r in records if r.best]
     if not ranked:
         raise StudyError(f"{study_dir} has no trial with a finished validation yet; nothing to export")
-    chosen = pareto(ranked) if pareto_front else sorted(ranked, key=lambda r: -r.best["robust_acc"])[:top_k]
+    objective = objective_of(marker)
+    pareto_front = objective.multi if pareto_front is None else pareto_front
+    front = search_front(study_dir, marker, ranked) if pareto_front else None
+    selection = (f"pareto front the search found ({objective.text})" if front else "pareto") if pareto_front \
+        else f"top-{top_k} by best robust_acc" + ("" if objective.min_clean is None else f", {objective.text} first")
+    chosen = (front or pareto(ranked)) if pareto_front else sorted(ranked, key=objective.rank_key)[:top_k]
     out_dir = Path(out) if out else study_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "json" if fmt == "json" else "yaml"
     written, entries = [], []
     for rank, rec in enumerate(chosen, 1):
-        path = (out_dir / f"{rank:02d}-{rec.trial_id}.{ext}").resolve()
+        path = (out_dir / entry_name(rank, rec.trial_id, ext)).resolve()
         entry = {"rank": rank, **_entry(study_dir, marker, rec, path)}
         _dump(entry, path, fmt)
         entries.append(entry)
         written.append(path)
     index = out_dir / f"{'pareto' if pareto_front else 'best'}.{ext}"
-    _dump({"study": str(study_dir), "selection": "pareto" if pareto_front else f"top-{top_k} by best robust_acc",
-           "entries": entries}, index, fmt)
+    _dump({"study": str(study_dir), "objective": objective.text, "selection": selection, "entries": entries},
+          index, fmt)
     return [index, *written]
+
+
+def entry_name(rank: int, trial_id: str, ext: str = "yaml") -> str:
+    """File name of an exported trial (the report names the same files in its rerun commands)."""
+    return f"{rank:02d}-{trial_id}.{ext}"
 
 
 def _dump(data: Any, path: Path, fmt: str) -> None:

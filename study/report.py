@@ -6,7 +6,8 @@ Writes into ``STUDY/report`` (or ``--out``)::
     schedules.png   LR schedule and training-epsilon ramp of the top-k trials over training progress
     pareto.png      clean vs robust validation accuracy (best epoch), Pareto front marked
     curves.png      robust validation accuracy per epoch, ASHA rungs and where trials were stopped
-    importance.png  Optuna's fANOVA parameter importance for the study objective
+    importance.png  Optuna's fANOVA parameter importance over all trials (pruned ones at their last rung)
+    interaction.png the two most important parameters against each other, coloured by robust accuracy
     params.png      best robust accuracy against each searched parameter
     compute.png     grad passes per trial against the cost without pruning
     index.html      all of the above (images embedded as data URIs) with a summary and the top-k table
@@ -20,8 +21,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import importance
 from .errors import StudyError
 from .export import compute_summary, load_study, pareto, trial_config
+from .objectives import objective_of, search_front
 from .records import TrialRecord
 
 __all__ = ["write_report", "STATE_COLORS"]
@@ -41,25 +44,36 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
         raise StudyError(f"--top-k {top_k} is out of range: it must be at least 1")
     marker, records = load_study(study_dir)
     spec = marker["spec"]
-    ranked = sorted((r for r in records if r.best), key=lambda r: (-r.best["robust_acc"], r.trial_id))
+    objective = objective_of(marker)
+    ranked = sorted((r for r in records if r.best), key=objective.rank_key)  # robust:clean>=X: feasible first
     if not ranked:
         raise StudyError(f"{study_dir} has no trial with a finished validation yet; nothing to report (run "
                          f"`advtune status {study_dir}` to see its trials)")
     out_dir = Path(out) if out else study_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     names = searched_params(marker, records)
-    ostudy, why_not = _optuna_study(study_dir, spec["name"])
+    ostudy, _ = _optuna_study(study_dir, spec["name"])
     top = ranked[:top_k]
+    front = search_front(study_dir, marker, records)  # None unless robust+clean
+    dists = {**_distributions(ostudy), **_space_distributions(study_dir, marker)}
+    derived = importance.derived_study(records, dists)
+    targets = ["robust", "clean"] if objective.kind != "robust" else ["robust"]
+    imp_png, caveat = importance.plot_importance(out_dir, derived, targets, _figure, _save)
+    int_png, pair = importance.plot_interaction(out_dir, derived, dists, _figure, _save, STATE_COLORS)
     plots = [
         _schedules(out_dir, marker, top),
-        _pareto(out_dir, records, top),
+        _pareto(out_dir, records, top, front),
         _curves(out_dir, spec, records),
-        _importance(out_dir, ostudy, why_not, names),
-        _params(out_dir, ranked, names, _distributions(ostudy)),
+        imp_png,
+        int_png,
+        _params(out_dir, ranked, names, dists),
         _compute(out_dir, ranked + [r for r in records if r.metrics and not r.best], spec["max_epochs"]),
     ]
     summary = compute_summary(records, spec["max_epochs"])
-    page = report_html.render(marker, records, top, names, summary, plots, out_dir, study_dir)
+    notes = {imp_png: f" Caveat: {caveat}." if caveat else "", int_png: f" Shown: {pair}." if pair else ""}
+    sections = [report_html.front_section(front, study_dir)] if front else []
+    page = report_html.render(marker, records, top, names, summary, plots, out_dir, study_dir, notes=notes,
+                              sections=sections)
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -157,11 +171,13 @@ def _schedules(out_dir: Path, marker: dict[str, Any], top: list[TrialRecord]) ->
     return "schedules.png"
 
 
-def _pareto(out_dir: Path, records: list[TrialRecord], top: list[TrialRecord]) -> str:
+def _pareto(out_dir: Path, records: list[TrialRecord], top: list[TrialRecord],
+            search: list[TrialRecord] | None = None) -> str:
+    """``search``: the front a robust+clean search found (its finished trials); else all trials' front."""
     from matplotlib.patches import Rectangle
 
     pts = [r for r in records if r.best]
-    front = sorted(pareto(pts), key=lambda r: r.best["clean_acc"])
+    front = sorted(search if search else pareto(pts), key=lambda r: r.best["clean_acc"])
     xy = lambda rs: ([_pct(r.best["clean_acc"]) for r in rs], [_pct(r.best["robust_acc"]) for r in rs])  # noqa: E731
     (ax_, ay_), (zx, zy) = xy(pts), xy(front + top)
     # Zoom on the front and the top trials when a few bad trials would squash them into a corner.
@@ -178,7 +194,8 @@ def _pareto(out_dir: Path, records: list[TrialRecord], top: list[TrialRecord]) -
                            label=state.replace("_", " "))
         fx, fy = xy(front)
         ax.plot(fx, fy, color="black", lw=1, ls="--", zorder=2)
-        ax.scatter(fx, fy, s=150, facecolor="none", edgecolor="black", lw=1.3, zorder=4, label="Pareto front")
+        ax.scatter(fx, fy, s=150, facecolor="none", edgecolor="black", lw=1.3, zorder=4,
+                   label="Pareto front the search found" if search else "Pareto front")
         ax.set_xlabel("clean validation accuracy at the best epoch (%)")
         ax.grid(alpha=0.3)
     for ax in axes:
@@ -270,25 +287,6 @@ def _optuna_study(study_dir: Path, name: str):
         return None, f"the Optuna storage could not be read ({type(exc).__name__}: {str(exc)[:200]})"
 
 
-def _param_importances(study) -> tuple[dict[str, float] | None, str, int]:
-    """Optuna's fANOVA importances over completed trials, or (None, why not, n completed)."""
-    import optuna
-
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-    if len(done) < 2:
-        return None, f"it needs at least 2 completed trials, the study has {len(done)}", len(done)
-    varying = [p for p in done[0].params if len({repr(t.params.get(p)) for t in done}) > 1]
-    if not varying:
-        return None, "the completed trials all tried the same parameter values", len(done)
-    if len({t.value for t in done}) < 2:
-        return None, "every completed trial reached the same objective value", len(done)
-    try:
-        ev = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=ev, params=varying)), "", len(done)
-    except Exception as exc:  # noqa: BLE001 - optuna refuses some spaces (e.g. dynamic ones); say so instead
-        return None, f"Optuna could not compute it ({type(exc).__name__}: {str(exc)[:200]})", len(done)
-
-
 def _distributions(study) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for t in study.trials if study is not None else []:
@@ -296,31 +294,23 @@ def _distributions(study) -> dict[str, Any]:
     return out
 
 
-def _importance(out_dir: Path, study, why_not: str, names: list[str]) -> str:
-    fig = _figure(8, 4.5)
-    ax = fig.subplots()
-    result, why, n_complete = _param_importances(study) if study is not None else (None, why_not, 0)
-    title = "Parameter importance for best robust val accuracy (Optuna fANOVA)"
-    if result is None:
-        ax.set_axis_off()
-        ax.set_title(title)
-        ax.text(0.5, 0.5, f"Not computed: {why}.", ha="center", va="center", wrap=True, fontsize=11,
-                transform=ax.transAxes)
-    else:
-        items = sorted(result.items(), key=lambda kv: kv[1])
-        ax.barh([k for k, _ in items], [v for _, v in items], color="#0072B2")
-        for i, (_, v) in enumerate(items):
-            ax.annotate(f"{v:.2f}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=9)
-        ax.set_xlim(0, max(v for _, v in items) * 1.15 + 1e-9)
-        ax.set_xlabel("importance (share of the objective's variance explained; sums to 1)")
-        ax.set_ylabel("searched parameter")
-        ax.grid(axis="x", alpha=0.3)
-        fixed = [n for n in names if n not in result]
-        note = " — few trials: a rough hint only" if n_complete < 10 else ""
-        extra = f"\nnot varied among completed trials: {', '.join(fixed)}" if fixed else ""
-        ax.set_title(f"{title}\nfrom {n_complete} completed trials{note}{extra}", fontsize=10)
-    _save(fig, out_dir, "importance.png")
-    return "importance.png"
+def _space_distributions(study_dir: Path, marker: dict[str, Any]) -> dict[str, Any]:
+    """The searched parameters' distributions from the study's copy of its space ({} if unreadable)."""
+    from search_spaces import load_space
+
+    from .warm_start import space_distributions
+
+    try:
+        base = trial_config_base(marker)
+        return space_distributions(load_space(study_dir / "space.yaml", base))
+    except Exception:  # noqa: BLE001 - an old or hand-edited study: Optuna's own record is used instead
+        return {}
+
+
+def trial_config_base(marker: dict[str, Any]):
+    from trainables.config import TrialConfig
+
+    return TrialConfig.from_dict(marker["spec"]["base_config"])
 
 
 def _params(out_dir: Path, ranked: list[TrialRecord], names: list[str], dists: dict[str, Any]) -> str:

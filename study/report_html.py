@@ -10,7 +10,7 @@ from typing import Any
 
 from .records import TrialRecord
 
-__all__ = ["render", "CAPTIONS"]
+__all__ = ["render", "front_section", "CAPTIONS"]
 
 # file -> (alt text, one-line caption saying how to read the plot)
 CAPTIONS = {
@@ -26,7 +26,14 @@ CAPTIONS = {
                    "below the top 1/reduction-factor stops; an X marks where ASHA stopped a trial."),
     "importance.png": ("parameter importance from Optuna's fANOVA evaluator",
                        "A longer bar means that parameter explains more of the variation in best robust accuracy "
-                       "across completed trials (Optuna fANOVA; pruned trials are left out)."),
+                       "(and clean accuracy, when the objective involves it) across all trials, each at the best "
+                       "robust accuracy it reached before it stopped: pruned trials count at their last rung "
+                       "(Optuna fANOVA on a study derived from the trials' records)."),
+    "interaction.png": ("the two most important parameters against each other",
+                        "Each trial at the values it tried of the two most important parameters, coloured by the "
+                        "best robust accuracy it reached; black rings: stopped by ASHA; the large ring is the best "
+                        "trial. A good region in one corner or along a diagonal means the two act together; "
+                        "colour stripes along one axis mean they act apart."),
     "params.png": ("best robust accuracy against each searched parameter",
                    "One panel per searched parameter: each point is a trial's best robust accuracy at the value it "
                    "tried; the ringed point is the best trial. Pruned trials ran fewer epochs, so tend to sit lower."),
@@ -116,15 +123,35 @@ def _table(top: list[TrialRecord], names: list[str]) -> str:
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
 
+def front_section(front: list[TrialRecord], study_dir: Path) -> str:
+    """The Pareto front a robust+clean search found, one row per point with the command that reruns it
+    (``advtune export --pareto`` writes the configs under these names, in this order)."""
+    from .export import entry_name
+
+    rows = ["<tr><th>#</th><th>trial</th><th>robust %</th><th>clean %</th><th>epoch</th><th>rerun</th></tr>"]
+    for rank, r in enumerate(front, 1):
+        cmd = f"advtune train --config {study_dir / 'export' / entry_name(rank, r.trial_id)}"
+        rows.append(f'<tr><td class="num">{rank}</td><td><code>{_e(r.trial_id)}</code></td>'
+                    f'<td class="num">{_pct(r.best["robust_acc"])}</td><td class="num">{_pct(r.best["clean_acc"])}</td>'
+                    f'<td class="num">{_fmt(r.best["epoch"])}</td><td><code>{_e(cmd)}</code></td></tr>')
+    return (f"<h2>Pareto front the search found ({len(front)} trials)</h2>\n<p class=\"meta\">Robust and clean "
+            "validation accuracy at each trial's best epoch; no other finished trial of the study beats a point on "
+            "both. The configs are written by <code>" + _e(f"advtune export {study_dir} --pareto") +
+            "</code> (which <code>advtune run</code> already did).</p>\n<table>\n" + "\n".join(rows) + "\n</table>")
+
+
 def render(marker: dict[str, Any], records: list[TrialRecord], top: list[TrialRecord], names: list[str],
-           summary: dict[str, float], plots: list[str], out_dir: Path, study_dir: Path) -> str:
-    """The whole page as a string; ``plots`` are PNG file names already written in ``out_dir``."""
+           summary: dict[str, float], plots: list[str], out_dir: Path, study_dir: Path, *,
+           notes: dict[str, str] | None = None, sections: list[str] | None = None) -> str:
+    """The whole page as a string; ``plots`` are PNG file names already written in ``out_dir``;
+    ``notes`` extend a plot's caption (plain text), ``sections`` are HTML blocks put before the plots."""
     name = marker["spec"]["name"]
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    notes = notes or {}
     figures = "\n".join(
         f'<figure id="{_e(Path(p).stem)}">\n<img src="{_data_uri(out_dir / p)}" alt="{_e(CAPTIONS[p][0])}" '
-        f'data-file="{_e(p)}">\n<figcaption><b>{_e(p)}</b> — {_e(CAPTIONS[p][1])}</figcaption>\n</figure>'
-        for p in plots)
+        f'data-file="{_e(p)}">\n<figcaption><b>{_e(p)}</b> — {_e(CAPTIONS[p][1] + notes.get(p, ""))}</figcaption>'
+        '\n</figure>' for p in plots)
     items = "\n".join(f"<li>{line}</li>" for line in _summary(marker, records, top, summary))
     rerun = f"advtune export {study_dir} --top-k {len(top)}"
     return f"""<!DOCTYPE html>
@@ -147,6 +174,7 @@ never touches the test set); the PNG files beside this page are the same plots.<
 {_table(top, names)}
 <p class="meta">Export them as configs that <code>advtune train --config</code> reruns:
 <code>{_e(rerun)}</code></p>
+{chr(10).join(sections or [])}
 <h2>Plots</h2>
 {figures}
 </body>

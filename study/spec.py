@@ -41,6 +41,9 @@ class StudySpec:
     max_failures: int
     verbose: bool = False
     assume_shared_storage: bool = False
+    objective: str = "robust"  # study.objectives: robust | robust+clean | robust:clean>=X
+    sampler: str = "tpe"  # tpe | random (study.tune_backend.make_sampler)
+    warm_start: tuple[str, ...] = ()  # earlier study directories whose trials seeded the sampler
 
     @property
     def slots(self) -> int:
@@ -58,7 +61,8 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudySpec":
-        return cls(**{**d, "base_config": TrialConfig.from_dict(d["base_config"])})
+        return cls(**{**d, "base_config": TrialConfig.from_dict(d["base_config"]),
+                      "warm_start": tuple(d.get("warm_start", ()))})
 
 
 def min_grace(space: SearchSpace, base: TrialConfig, max_epochs: int) -> tuple[int, float]:
@@ -106,16 +110,26 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                          "(s3fs, gcsfuse, mountpoint-s3, blobfuse2) and pass the mount path, e.g. --storage-path "
                          "/mnt/bucket/advtune")
     storage = str(Path(storage).expanduser().resolve())
+    from .objectives import parse_objective
+
+    objective = parse_objective(getattr(args, "objective", None)).text
+    warm = tuple(str(Path(d).expanduser().resolve()) for d in getattr(args, "warm_start", None) or ())
     spec = StudySpec(name=name, space=str(space.source), base_config=base, num_samples=args.num_samples,
                      max_epochs=args.max_epochs, grace_period=grace, requested_grace=args.grace_period or 1,
                      reduction_factor=args.reduction_factor, concurrency=args.concurrency,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
                      storage_path=storage, seed=args.seed, max_failures=args.max_failures,
-                     verbose=args.verbose, assume_shared_storage=args.assume_shared_storage)
+                     verbose=args.verbose, assume_shared_storage=args.assume_shared_storage, objective=objective,
+                     sampler=getattr(args, "sampler", None) or "tpe", warm_start=warm)
     return spec, space
 
 
+_SAMPLERS = {"tpe": "TPE", "random": "random search"}
+
+
 def describe(spec: StudySpec, space: SearchSpace) -> str:
+    from .objectives import parse_objective
+
     grace_needed, peak_epoch = min_grace(space, spec.base_config, spec.max_epochs)
     rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
     b = spec.base_config
@@ -125,12 +139,15 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
         f"space      {space.name} ({space.source}){': ' + space.description if space.description else ''}",
     ]
     lines += [f"  {p.describe()}" for p in space.params]
-    if space.starting_points:
+    if space.starting_points and spec.warm_start:
+        lines.append("  starting points: none (the warm-start trials take their place)")
+    elif space.starting_points:
         lines.append(f"  starting points (evaluated first): {len(space.starting_points)}")
         lines += [f"    {pt}" for pt in space.starting_points]
     lines += [
-        f"trials     {spec.num_samples} (TPE, seed {spec.seed}), at most {spec.concurrency} at once, "
-        f"{spec.max_epochs} epochs each",
+        f"trials     {spec.num_samples} ({_SAMPLERS[spec.sampler]}, seed {spec.seed}), at most {spec.concurrency} "
+        f"at once, {spec.max_epochs} epochs each",
+        f"objective  {parse_objective(spec.objective).describe()}",
         f"data       {b.dataset}, model {b.model}, starting point {b.pretrained}",
         f"threat     {b.norm} eval_eps {b.eval_eps:.5g}, validation PGD-{b.val_steps}"
         f"{'' if b.val_restarts == 1 else f'-{b.val_restarts}'} on the fixed validation split (seed {b.split_seed})",

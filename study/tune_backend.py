@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .records import StudyRecords
 
-__all__ = ["PruningAwareOptunaSearch", "StudyCallback", "make_tuner", "restore_tuner", "fit"]
+__all__ = ["PruningAwareOptunaSearch", "StudyCallback", "make_sampler", "make_tuner", "restore_tuner", "fit"]
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -33,22 +33,45 @@ class PruningAwareOptunaSearch(OptunaSearch):
     The trainable marks its own ends in ``status`` (completed, diverged, catastrophic_overfitting);
     a trial whose last result still says ``running`` was stopped from outside, i.e. pruned.
     Diverged trials are COMPLETE with robust accuracy 0: a bad result, not a crash.
+
+    Multi-objective studies (``metric`` a list): Optuna keeps no intermediate values for them (its
+    ``Trial.report`` refuses, and TPE ranks pruned trials without them), so a pruned trial is told
+    PRUNED with no value. ``min_clean``: the constraint ``clean >= min_clean`` is set on every trial
+    that reports (pruned ones too) before it is told. Every Optuna trial carries its Tune trial id as
+    the user attribute ``advtune_trial_id``, so export and report map Optuna's results to trial folders.
     """
 
+    def __init__(self, *args: Any, min_clean: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._min_clean = min_clean
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            from .objectives import TRIAL_ID_ATTR
+
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
+        return params
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not error and result and result.get("status") == "running" and trial_id in self._ot_trials \
-                and trial_id not in self._completed_trials:
+        live = trial_id in self._ot_trials and trial_id not in self._completed_trials
+        if live and not error and result and self._min_clean is not None and "best_clean_acc" in result:
+            from .objectives import CONSTRAINT_KEY
+
+            self._ot_trials[trial_id].set_constraint(CONSTRAINT_KEY, self._min_clean - float(result["best_clean_acc"]))
+        if live and not error and result and result.get("status") == "running":
             from optuna.trial import TrialState
 
             ot_trial = self._ot_trials[trial_id]
-            value, step = result.get(self.metric), result.get("training_iteration")
-            if value is not None and step is not None:  # Tune skips on_trial_result for the stopping result
-                try:
-                    ot_trial.report(value, step)
-                except Exception:  # noqa: BLE001 - already reported for this step
-                    pass
+            if not isinstance(self.metric, list):  # multi-objective studies hold no intermediate values
+                value, step = result.get(self.metric), result.get("training_iteration")
+                if value is not None and step is not None:  # Tune skips on_trial_result for the stopping result
+                    try:
+                        ot_trial.report(value, step)
+                    except Exception:  # noqa: BLE001 - already reported for this step
+                        pass
             try:
-                self._ot_study.tell(self._ot_trials[trial_id], None, state=TrialState.PRUNED)
+                self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
             finally:
                 self._completed_trials.add(trial_id)
             return
@@ -112,17 +135,34 @@ def _trainable(spec, study_dir: Path):
     return tune.with_resources(fn, resources)
 
 
+def make_sampler(kind: str, seed: int, n_startup: int):
+    """The Optuna sampler of a study: ``tpe`` (default; single- and multi-objective, honours constraints)
+    or ``random`` (the baseline the search benchmark compares against)."""
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
+
+
 def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
     import optuna
 
     from search_spaces import define_by_run
 
+    from .objectives import parse_objective
+
+    objective = parse_objective(spec.objective)
+    # A warm-started study already holds earlier trials (study.warm_start seeded optuna.db): they replace the
+    # space's starting points, which exist to give a cold sampler a sensible first look.
+    points = [] if spec.warm_start else [dict(p) for p in space.starting_points]
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    multi = objective.multi
     searcher = PruningAwareOptunaSearch(
-        space=define_by_run(space, spec.base_config), metric="best_robust_acc", mode="max",
-        points_to_evaluate=[dict(p) for p in space.starting_points] or None,
-        sampler=optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(3, len(space.starting_points) + 1)),
-        study_name=spec.name, storage=storage)  # the seed is the sampler's
+        space=define_by_run(space, spec.base_config), metric=objective.metrics if multi else objective.metrics[0],
+        mode=["max"] * len(objective.metrics) if multi else "max", points_to_evaluate=points or None,
+        sampler=make_sampler(spec.sampler, spec.seed, max(3, len(points) + 1)),
+        study_name=spec.name, storage=storage, min_clean=objective.min_clean)  # the seed is the sampler's
     scheduler = ASHAScheduler(time_attr="epoch", metric="robust_acc", mode="max", max_t=spec.max_epochs,
                               grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
     return tune.Tuner(

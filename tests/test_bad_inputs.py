@@ -102,6 +102,10 @@ def _files(tmp: Path) -> dict[str, Path]:
     (f["empty_study"] / "advtune_study.json").write_text(json.dumps({"spec": {}}))
     f["not_study"] = tmp / "not_a_study"
     f["not_study"].mkdir()
+    f["l2_study"] = tmp / "l2_study"  # a study of another threat model (l2, eps 0.5), as advtune writes its marker
+    (f["l2_study"] / "trials").mkdir(parents=True)
+    spec = {"name": "l2_study", "space": "sfd", "base_config": {"norm": "l2", "eval_eps": 0.5}}
+    (f["l2_study"] / "advtune_study.json").write_text(json.dumps({"advtune_study": 1, "spec": spec, "space_base": {}}))
     return f
 
 
@@ -119,6 +123,14 @@ CASES: list[Case] = [
      ["already exists", "advtune resume", "another --name"]),
     ("resume a folder advtune did not write", lambda f, t: ["resume", str(f["not_study"])],
      ["not an advtune study directory", "advtune run"]),
+    ("unknown objective", lambda f, t: ["run", "--objective", "clean", "--storage-path", str(t / "studies")],
+     ["--objective 'clean'", "robust+clean", "robust:clean>=0.85"]),
+    ("warm start from a folder that is not a study", lambda f, t: ["run", "--warm-start", str(f["not_study"]),
+                                                                   "--storage-path", str(t / "studies")],
+     ["--warm-start", "not_a_study", "not an advtune study directory"]),
+    ("warm start from a study of another threat model", lambda f, t: ["run", "--warm-start", str(f["l2_study"]),
+                                                                      "--storage-path", str(t / "studies")],
+     ["--warm-start", "l2_study", "norm 'l2' there, 'linf' here", "eval_eps", "same norm, eval_eps"]),
     ("export a study with no results", lambda f, t: ["export", str(f["empty_study"])],
      ["no trial with a finished validation", "nothing to export"]),
     # trial configs

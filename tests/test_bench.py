@@ -36,6 +36,7 @@ PROMISES = {
         rf"^RATIO seed=0 method={m} best={NUM} total_gp={NUM} reach_gp={NUM} reach_frac_of_a={NUM}" for m in "abc"
     ] + [rf"^RATIO median method={m} reach_frac_of_a={NUM} total_frac_of_a={NUM}" for m in "abc"]
       + [rf"^RATIO method={m} best_within_30pct_of_a_compute={NUM} mean={NUM}" for m in "abc"],
+    "importance_reliability.py": [rf"^RATIO n={n} top1={NUM} top2={NUM} irrelevant_median={NUM}" for n in (8, 20)],
     "finetune_vs_scratch.py": [
         rf"^RATIO finetune robust={NUM} clean={NUM} grad_passes={NUM} pretrain_passes={NUM}",
         rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
@@ -44,7 +45,7 @@ PROMISES = {
 }
 # numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
 # (at_equal_robust is nan when scratch never reaches fine-tuning's accuracy; the lower bound is then what counts)
-MUST_BE_FINITE = {"attack_cost.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
+MUST_BE_FINITE = {"importance_reliability.py": None, "attack_cost.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
 
 
 def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):

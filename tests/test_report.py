@@ -22,7 +22,7 @@ from PIL import Image
 from study.cli import build_parser, main
 from study.records import MARKER, StudyRecords
 
-PLOTS = ("schedules.png", "pareto.png", "curves.png", "importance.png", "params.png", "compute.png")
+PLOTS = ("schedules.png", "pareto.png", "curves.png", "importance.png", "interaction.png", "params.png", "compute.png")
 TOP_K = 3
 CHROMIUM = "/usr/bin/chromium"
 
