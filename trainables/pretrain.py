@@ -30,7 +30,7 @@ def pretrain_config(cfg: TrialConfig) -> TrialConfig:
     return cfg.replace(attack="none", pretrained="none", activation="relu", schedule="cosine", warmup=0.0,
                        min_lr=0.0, peak_lr=cfg.pretrain_lr, epochs=max(cfg.pretrain_epochs, 1), seed=0,
                        finetune_scope="full", backbone_lr_mult=1.0, eps_ramp=0.0, evals_per_epoch=1,
-                       loss="ce", train_eps=None)
+                       loss="ce", train_eps=None, optimizer="sgd")  # pretrain_lr is an SGD learning rate
 
 
 def cached_path(cfg: TrialConfig) -> Path:
