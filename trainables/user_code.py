@@ -12,6 +12,7 @@ what to do.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -55,8 +56,10 @@ def resolve(path: str, key: str) -> Callable[..., Any]:
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
-            raise ConfigError(f"config field '{key}' = {path!r}: {module_name} has no attribute {part!r} "
-                              f"(its callables: {', '.join(names[:8]) or 'none'}); name the function after the colon")
+            near = difflib.get_close_matches(part, names, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"its callables: {', '.join(names[:8]) or 'none'}"
+            raise ConfigError(f"config field '{key}' = {path!r}: {module_name} has no attribute {part!r} ({hint}); "
+                              "name the function after the colon")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"config field '{key}' = {path!r} names a {type(obj).__name__}, not a function; "
