@@ -1,6 +1,7 @@
 """Dataset loaders: train / validation / test splits for the supported datasets.
 
-Every loader returns a :class:`Splits`. Images are float32 tensors C×H×W with
+A dataset given as an import path (``package.module:function``) is the user's factory: see
+:mod:`trainables.custom_data`. Every loader returns a :class:`Splits`. Images are float32 tensors C×H×W with
 pixel values in [0, 1] (no normalization: the model owns a normalization layer
 fed with ``Splits.mean`` / ``Splits.std``); labels are int64 class indices.
 
