@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+    from study.convert import register as register_convert
+
+    register_convert(sub)
     try:
         from study.commands import register
 

@@ -124,6 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .spec import build_spec, describe
 
     spec, space = build_spec(args, _load_config(args))
+    from trainables.user_code import check_importable
+
+    check_importable(spec.base_config)  # a model or dataset import path that fails is refused before Ray starts
     print(describe(spec, space), flush=True)
     if args.dry_run:
         _warm_start(spec, space)  # says what a warm start would take, or refuses it, before anything runs

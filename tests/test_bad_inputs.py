@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import json
 import os
 
@@ -18,6 +19,8 @@ from study.cli import main
 from trainables.models import build_model
 
 from test_data import write_cifar, write_idx
+
+importlib.import_module("tests.own_code")  # the user code the cases name, importable whatever the cwd
 
 TINY = ["--set", "epochs=1", "--set", "train_steps=1", "--set", "val_steps=1", "--set", "pretrained=none"]
 
@@ -106,6 +109,13 @@ def _files(tmp: Path) -> dict[str, Path]:
     (f["l2_study"] / "trials").mkdir(parents=True)
     spec = {"name": "l2_study", "space": "sfd", "base_config": {"norm": "l2", "eval_eps": 0.5}}
     (f["l2_study"] / "advtune_study.json").write_text(json.dumps({"advtune_study": 1, "spec": spec, "space_base": {}}))
+    f["bad_safetensors"] = tmp / "damaged.safetensors"
+    f["bad_safetensors"].write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + os.urandom(64))
+    f["converted"] = tmp / "converted"
+    f["converted"].mkdir()
+    torch.save({"format": "advtune-checkpoint-v1", "kind": "best", "config": {},
+                "model": small.state_dict()}, f["converted"] / "best.pt")
+    (f["converted"] / "best.safetensors").write_bytes(b"an earlier conversion")
     return f
 
 
@@ -189,6 +199,45 @@ CASES: list[Case] = [
                                                                str(f["digits_cfg"])], ["evil.pt", "--trust-checkpoint"]),
     ("foreign checkpoint without a config", lambda f, t: ["eval", "--checkpoint", str(t / "good.pt")],
      ["good.pt", "--config"]),
+    ("damaged safetensors file", lambda f, t: ["train", *TINY[:-2], "--set", f"pretrained={f['bad_safetensors']}"],
+     ["damaged.safetensors", "not a safetensors file", "another copy"]),
+    ("timm weights to download", lambda f, t: ["train", *TINY[:-2], "--set", "model=timm:test_resnet", "--set",
+                                               "pretrained=timm:DEFAULT"], ["downloads nothing", "pretrained=PATH"]),
+    ("convert a checkpoint that is not advtune's", lambda f, t: ["convert", str(t / "good.pt")],
+     ["good.pt", "not an advtune checkpoint"]),
+    ("convert over an earlier conversion", lambda f, t: ["convert", str(f["converted"] / "best.pt")],
+     ["best.safetensors", "--force"]),
+    # your own model, data and optimizer
+    ("model path that does not import", lambda f, t: ["train", *TINY, "--set", "model=no_such_pkg.nets:build"],
+     ["no_such_pkg", "PYTHONPATH"]),
+    ("model path naming no function", lambda f, t: ["train", *TINY, "--set", "model=tests.own_code:buid"],
+     ["'buid'", "did you mean 'build'"]),
+    ("model builder that returns no nn.Module", lambda f, t: ["train", *TINY, "--set",
+                                                              "model=tests.own_code:not_a_module"],
+     ["not_a_module", "not a torch.nn.Module"]),
+    ("model with the wrong number of outputs", lambda f, t: ["train", *TINY, "--set", "model=tests.own_code:wrong_columns"],
+     ["(2, 11)", "(2, 10)", "num_classes"]),
+    ("model without nn.Linear and no head_module", lambda f, t: ["train", *TINY, "--set",
+                                                                 "model=tests.own_code:build_conv_head"],
+     ["ConvHead", "--set head_module="]),
+    ("head_module naming no submodule", lambda f, t: ["train", *TINY, "--set", "head_module=classifer"],
+     ["head_module", "'classifer'", "fc"]),
+    ("not an import path", lambda f, t: ["train", "--set", "model=mypkg/nets.py:build"],
+     ["mypkg/nets.py:build", "package.module:function"]),
+    ("unknown timm model", lambda f, t: ["train", *TINY, "--set", "model=timm:test_resnett"],
+     ["timm:test_resnett", "did you mean 'timm:test_resnet'"]),
+    ("dataset path that does not import", lambda f, t: ["train", *TINY, "--set", "dataset=no_such_pkg.data:splits"],
+     ["no_such_pkg", "PYTHONPATH"]),
+    ("dataset factory with pixels outside [0, 1]", lambda f, t: ["train", *TINY, "--set",
+                                                                 "dataset=tests.own_code:pixels_0_to_16"],
+     ["train[0]", "[0, 15]", "[0, 1]"]),
+    ("dataset factory with labels beyond its class count", lambda f, t: ["train", *TINY, "--set",
+                                                                         "dataset=tests.own_code:too_few_classes"],
+     ["labels", "[0, 5)"]),
+    ("dataset factory returning one value", lambda f, t: ["train", *TINY, "--set", "dataset=tests.own_code:only_train"],
+     ["(train, test, num_classes)"]),
+    ("unknown optimizer", lambda f, t: ["train", "--set", "optimizer=adam"], ["optimizer", "did you mean 'adamw'"]),
+    ("betas out of range", lambda f, t: ["train", "--set", "betas=[0.9,1.5]"], ["betas", "[0,1)", "[0.9, 0.999]"]),
 ]
 
 

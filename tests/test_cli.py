@@ -210,7 +210,7 @@ def test_eval_of_corrupt_checkpoint(tmp_path, capsys):
 # ---------------------------------------------------------------- help
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["pretrain", "--help"], ["eval", "--help"],
-                                  ["--help-config"]])
+                                  ["convert", "--help"], ["--help-config"]])
 def test_help_exits_zero(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -219,6 +219,10 @@ def test_help_exits_zero(argv, capsys):
     assert "usage:" in out or "eval_eps" in out
     if argv == ["--help-config"]:
         assert "peak_lr" in out and "8/255" in out
+        for key, unit in (("optimizer", "adamw"), ("betas", "[0,1)"), ("head_module", "nn.Linear"),
+                          ("model", "package.module:function"), ("dataset", "package.module:function")):
+            line = next(ln for ln in out.splitlines() if ln.split()[:1] == [key])
+            assert unit in line, line
 
 
 def test_no_command_prints_help_and_exits_2(capsys):

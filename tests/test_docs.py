@@ -1,4 +1,5 @@
-"""The user guide's runnable shell blocks run, in order, in a fresh folder (`make docs-check`)."""
+"""The user guide's runnable shell blocks run, in order, in a fresh folder (`make docs-check`), after the
+guide's ```python file=NAME blocks are written there."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,11 @@ def runnable_blocks(text: str) -> list[str]:
     return re.findall(r"```bash runnable\n(.*?)```", text, flags=re.S)
 
 
+def file_blocks(text: str) -> list[tuple[str, str]]:
+    """```python file=NAME blocks: files the guide asks the reader to write, written before the runnable lines."""
+    return re.findall(r"```python file=(\S+)\n(.*?)```", text, flags=re.S)
+
+
 def test_guide_has_runnable_blocks():
     blocks = runnable_blocks(GUIDE.read_text())
     assert len(blocks) >= 3
@@ -25,6 +31,8 @@ def test_every_runnable_block_of_the_user_guide_runs(tmp_path):
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "ADVTUNE_CACHE": str(tmp_path / "cache"),
            "RAY_AUTH_MODE": "disabled"}
+    for name, body in file_blocks(GUIDE.read_text()):
+        (tmp_path / name).write_text(body)
     for block in runnable_blocks(GUIDE.read_text()):
         for line in filter(str.strip, block.splitlines()):
             res = subprocess.run(shlex.split(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
@@ -32,3 +40,5 @@ def test_every_runnable_block_of_the_user_guide_runs(tmp_path):
             assert res.returncode == 0, f"{line}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
     assert (tmp_path / "advtune_runs" / "guide" / "export" / "best.yaml").exists()
     assert (tmp_path / "runs" / "guide" / "best.pt").exists()
+    assert (tmp_path / "runs" / "mine" / "best.safetensors").exists()  # "Your own model and data"
+    assert (tmp_path / "runs" / "mine-again" / "best.pt").exists()

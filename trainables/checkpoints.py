@@ -6,7 +6,7 @@ accuracy). Both hold the trial config and package versions, and load with
 ``torch.load(weights_only=True)``: nothing in them is code.
 
 Starting points (:func:`load_starting_point`) may be an advtune checkpoint, a plain state dict, a
-torchvision state dict, or a robustness-library ``.ckpt`` (``model``/``state_dict`` key,
+torchvision state dict, a ``.safetensors`` file, or a robustness-library ``.ckpt`` (``model``/``state_dict`` key,
 ``module.model.`` and ``module.attacker.model.`` prefixes, ``module.normalizer``); keys that fit
 are loaded, a classifier head of another class count is left freshly initialised, and what was
 missing or unexpected is reported.
@@ -83,6 +83,10 @@ def load_file(path: str | Path, trust: bool = False) -> Any:
         raise CheckpointError(f"{path} is a folder without best.pt or last.pt; pass the checkpoint file itself")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file was truncated; use another copy")
+    if path.suffix == ".safetensors":  # tensors and a JSON header: safe by construction, no unpickling
+        from .safetensors_io import read
+
+        return read(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -149,6 +153,8 @@ def extract_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], 
     """Find the state dict inside a loaded checkpoint object and name its format."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj["model"], "advtune"
+    if getattr(obj, "source_format", None) == "safetensors":  # safetensors_io.SafetensorsState
+        return dict(obj), "safetensors"
     if isinstance(obj, nn.Module):
         return obj.state_dict(), "pickled module"
     if isinstance(obj, dict):

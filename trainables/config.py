@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
@@ -65,7 +66,7 @@ class TrialConfig:
     linf 0.2 (epsilon ramped over the first 30%), the ``sfd`` schedule peaking at 0.02, 8 epochs."""
 
     # --- data -----------------------------------------------------------------------------
-    dataset: str = _f("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder")
+    dataset: str = _f("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder | your factory by import path, package.module:function")
     data_root: str | None = _f(None, "folder holding the dataset files (not needed for digits)")
     download: bool = _f(False, "allow torchvision to download CIFAR (never done unless true)")
     image_size: int | None = _f(None, "imagefolder only: side of the centre crop, pixels")
@@ -77,9 +78,9 @@ class TrialConfig:
     augment: str = _f("auto", "auto | none | crop_flip (auto: crop_flip for CIFAR, none otherwise)")
 
     # --- model and starting point -----------------------------------------------------------
-    model: str = _f("small_cnn", "small_cnn | small_cnn-W (width W, default 32) | preact_resnet18 | wrn-D-W | tv:<torchvision name>")
+    model: str = _f("small_cnn", "small_cnn | small_cnn-W (width W, default 32) | preact_resnet18 | wrn-D-W | tv:<torchvision name> | timm:<timm name> | your builder by import path, package.module:function")
     activation: str = _f("relu", "relu | silu | gelu | softplus | elu | psoftplus (every ReLU is swapped)")
-    pretrained: str | None = _f("auto", "checkpoint path | torchvision:DEFAULT | auto (natural pretraining, cached) | none")
+    pretrained: str | None = _f("auto", "checkpoint path (.pt, .ckpt, .safetensors) | torchvision:DEFAULT | auto (natural pretraining, cached) | none")
     trust_checkpoint: bool = _f(False, "allow full unpickling of `pretrained` (runs code in the file: trusted files only)")
     pretrain_epochs: int = _f(15, "epochs of natural training when pretrained=auto")
     pretrain_lr: float = _f(0.05, "peak LR of natural pretraining (cosine schedule)")
@@ -117,9 +118,14 @@ class TrialConfig:
     # --- optimizer ------------------------------------------------------------------------------
     momentum: float = _f(0.9, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum")
-    weight_decay: float = _f(5e-4, "L2 weight decay (not applied to BatchNorm and biases)")
+    weight_decay: float = _f(5e-4, "weight decay coefficient (sgd: L2 term in the gradient; adamw: decoupled, w -= lr*wd*w); never on biases and norm parameters")
     finetune_scope: str = _f("full", "full | head | last_block: which parameters train")
     backbone_lr_mult: float = _f(1.0, "LR multiplier of the backbone (everything but the head)")
+
+    # --- optimizer choice and your own network (see docs/user-guide.md, "Your own model and data") -----
+    optimizer: str = _f("sgd", "sgd | adamw (AdamW: decoupled weight decay; momentum/nesterov unused)")
+    betas: tuple[float, float] = _f((0.9, 0.999), "adamw: (beta1, beta2) decay rates of the moment estimates, each in [0,1); [0.9, 0.95] or \"0.9,0.95\"")
+    head_module: str | None = _f(None, "name of the classifier submodule (e.g. fc, head.fc); none = found automatically (timm's classifier, else the last nn.Linear)")
 
     # --- run --------------------------------------------------------------------------------------
     epochs: int = _f(8, "training epochs (full passes over the train split)")
@@ -142,6 +148,7 @@ class TrialConfig:
         if isinstance(self.val_size, str):
             set_("val_size", parse_eps(self.val_size, "val_size"))
         set_("milestones", _milestones(self.milestones))
+        set_("betas", _betas(self.betas))
         for f in fields(self):
             set_(f.name, _coerce(f, getattr(self, f.name)))
         if self.val_size >= 1 and float(self.val_size).is_integer():
@@ -169,6 +176,7 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["milestones"] = list(self.milestones)
+        out["betas"] = list(self.betas)
         return out
 
     @classmethod
@@ -289,12 +297,55 @@ def _milestones(value: Any) -> tuple[float, ...]:
                       "e.g. [0.5, 0.75]")
 
 
-def _choice(cfg: TrialConfig, name: str, allowed: tuple[str, ...]) -> None:
+def _betas(value: Any) -> tuple[float, float]:
+    """AdamW's (beta1, beta2): a pair of numbers, or a string "b1,b2" (so a search space can offer
+    pairs as categorical choices, which Optuna needs to be scalars)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, (list, tuple)) and len(items) == 2:
+        try:
+            pair = tuple(float(parse_eps(b, "betas")) for b in items)
+        except ConfigError:
+            pair = None
+        if pair is not None and all(0 <= b < 1 for b in pair):
+            return pair  # type: ignore[return-value]
+    raise ConfigError(f"config field 'betas' = {value!r} must be two numbers in [0,1), e.g. [0.9, 0.999] "
+                      "(or \"0.9,0.999\" as a search-space choice)")
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+def is_import_path(value: str) -> bool:
+    """``package.module:function`` (the user's own model builder or dataset factory)."""
+    return bool(_IMPORT_PATH.fullmatch(value)) and not value.startswith(("tv:", "timm:"))
+
+
+def _validate_user_code(cfg: TrialConfig) -> None:
+    """Syntax of import paths and timm names; importability is checked where they are built."""
+    if ":" not in cfg.dataset:
+        _choice(cfg, "dataset", DATASETS, extra="or your factory as package.module:function")
+    elif not is_import_path(cfg.dataset):
+        raise ConfigError(f"config field 'dataset' = {cfg.dataset!r} is not an import path: write "
+                          "package.module:function (e.g. mypkg.data:splits) or one of " + ", ".join(DATASETS))
+    if cfg.model.startswith("timm:") and not cfg.model[5:].strip():
+        raise ConfigError("config field 'model' = 'timm:' names no timm model: write e.g. timm:resnet18 "
+                          "(timm.list_models() lists them)")
+    if ":" in cfg.model and not cfg.model.startswith(("tv:", "timm:")) and not is_import_path(cfg.model):
+        raise ConfigError(f"config field 'model' = {cfg.model!r} is not an import path: write package.module:function "
+                          "(e.g. mypkg.nets:build), timm:<name> or tv:<name>")
+    _choice(cfg, "optimizer", ("sgd", "adamw"))
+    if cfg.head_module is not None and not re.fullmatch(r"[\w]+(\.[\w]+)*", cfg.head_module):
+        raise ConfigError(f"config field 'head_module' = {cfg.head_module!r} is not a submodule name: write e.g. fc "
+                          "or head.fc (the name in model.named_modules()), or leave it unset")
+
+
+def _choice(cfg: TrialConfig, name: str, allowed: tuple[str, ...], extra: str = "") -> None:
     value = getattr(cfg, name)
     if value not in allowed:
         near = difflib.get_close_matches(str(value), allowed, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"config field '{name}' = {value!r} is not allowed: choose one of {', '.join(allowed)}{hint}")
+        raise ConfigError(f"config field '{name}' = {value!r} is not allowed: choose one of {', '.join(allowed)}"
+                          f"{' ' + extra if extra else ''}{hint}")
 
 
 def _range(cfg: TrialConfig, name: str, lo: float, hi: float, lo_open: bool = False,
@@ -314,7 +365,7 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefol
 
 
 def _validate(cfg: TrialConfig) -> None:
-    _choice(cfg, "dataset", DATASETS)
+    _validate_user_code(cfg)
     _choice(cfg, "activation", ACTIVATIONS)
     _choice(cfg, "norm", NORMS)
     _choice(cfg, "attack", ATTACKS)

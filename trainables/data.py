@@ -1,6 +1,7 @@
 """Dataset loaders: train / validation / test splits for the supported datasets.
 
-Every loader returns a :class:`Splits`. Images are float32 tensors C×H×W with
+A dataset given as an import path (``package.module:function``) is the user's factory: see
+:mod:`trainables.custom_data`. Every loader returns a :class:`Splits`. Images are float32 tensors C×H×W with
 pixel values in [0, 1] (no normalization: the model owns a normalization layer
 fed with ``Splits.mean`` / ``Splits.std``); labels are int64 class indices.
 
@@ -83,7 +84,11 @@ def load_splits(dataset: str, root: str | None, val_size: float | int, split_see
     if not isinstance(split_seed, (int, np.integer)) or isinstance(split_seed, bool) or split_seed < 0:
         raise DataError(f"split_seed must be a non-negative int, got {split_seed!r}; pass --set split_seed=0")
     split_seed = int(split_seed)
-    if dataset == "digits":
+    if ":" in dataset:  # the user's factory, package.module:function
+        from .custom_data import load_factory_splits
+
+        splits = load_factory_splits(dataset, root, val_size, split_seed, train_size)
+    elif dataset == "digits":
         splits = _load_digits(val_size, split_seed)
     elif dataset in ("mnist", "fashion-mnist"):
         splits = _load_idx(dataset, root, val_size, split_seed)

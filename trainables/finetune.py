@@ -30,6 +30,7 @@ from .checkpoints import FORMAT, CheckpointError, load_file, save_atomic, versio
 from .config import TrialConfig
 from .evaluate import evaluate_pgd, fixed_rng
 from .loader import iterate, num_batches, to_device
+from .optim import make_optimizer
 from .reporting import Reporter
 from .schedules import eps_at, schedule_from_config
 from .setup import amp_dtype, frozen_modules, param_groups, prepare
@@ -153,7 +154,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
         model = model.to(device)
     groups = param_groups(model, cfg)
     frozen = frozen_modules(model)
-    opt = torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    opt = make_optimizer(groups, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     schedule = schedule_from_config(cfg)
     n_batches = num_batches(train_split, cfg.batch_size)

@@ -3,7 +3,9 @@
 - ``small_cnn``: a 4-layer CNN with BatchNorm for digits/MNIST-size inputs (any H×W ≥ 8);
 - ``preact_resnet18``: PreActResNet-18 (He et al. 2016), the CIFAR standard of Wong/Rice et al.;
 - ``wrn-D-W``: WideResNet-D-W (Zagoruyko & Komodakis), e.g. ``wrn-28-10``, ``wrn-34-10``;
-- ``tv:<name>``: a torchvision classification architecture by name, e.g. ``tv:resnet18``.
+- ``tv:<name>``: a torchvision classification architecture by name, e.g. ``tv:resnet18``;
+- ``timm:<name>`` and ``package.module:function``: a timm architecture, or the user's own builder
+  (see :mod:`trainables.external_models`).
 
 Every model is a :class:`NormalizedModel` ``(normalize, net)``; :func:`head` and
 :func:`last_block` find the classifier and the block before it for per-group learning rates.
@@ -40,6 +42,7 @@ class NormalizedModel(nn.Module):
         self.normalize = normalize
         self.net = net
         self.functional_act: nn.Module | None = None  # set by activations.swap_activations
+        self.head_module: str | None = None  # the classifier's name in `net`; None: the last nn.Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.functional_act is None:
@@ -171,8 +174,25 @@ def build_net(name: str, in_channels: int, num_classes: int, tv_weights: str | N
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, mean: tuple[float, ...],
-                std: tuple[float, ...], tv_weights: str | None = None) -> NormalizedModel:
-    return NormalizedModel(Normalize(mean, std), build_net(name, input_shape[0], num_classes, tv_weights))
+                std: tuple[float, ...], tv_weights: str | None = None, head_module: str | None = None) -> NormalizedModel:
+    """``name``'s network behind a :class:`Normalize` of ``mean``/``std``; ``head_module`` names its
+    classifier where the last ``nn.Linear`` is not it."""
+    from .config import is_import_path
+
+    if name.startswith("timm:") or is_import_path(name):
+        from .external_models import build_external_net, classifier_name
+
+        net = build_external_net(name, tuple(input_shape), num_classes)
+        head_module = classifier_name(net, head_module)
+    else:
+        net = build_net(name, input_shape[0], num_classes, tv_weights)
+        if head_module is not None:
+            from .external_models import classifier_name
+
+            head_module = classifier_name(net, head_module)
+    model = NormalizedModel(Normalize(mean, std), net)
+    model.head_module = head_module
+    return model
 
 
 def _head_name(net: nn.Module) -> str:
@@ -185,16 +205,23 @@ def _head_name(net: nn.Module) -> str:
     return last
 
 
+def _head_of(model: nn.Module) -> tuple[nn.Module, str]:
+    """(the network, its classifier's name): ``head_module`` where set, else the last ``nn.Linear``."""
+    if isinstance(model, NormalizedModel):
+        return model.net, model.head_module or _head_name(model.net)
+    return model, _head_name(model)
+
+
 def head(model: nn.Module) -> nn.Module:
-    """The classifier: the last ``nn.Linear`` of the network."""
-    net = model.net if isinstance(model, NormalizedModel) else model
-    return net.get_submodule(_head_name(net))
+    """The classifier: ``head_module`` where the model names one, else the last ``nn.Linear``."""
+    net, name = _head_of(model)
+    return net.get_submodule(name)
 
 
 def last_block(model: nn.Module) -> nn.Module:
     """The last top-level child with parameters before the head (e.g. ``layer4`` of a ResNet)."""
-    net = model.net if isinstance(model, NormalizedModel) else model
-    head_top = _head_name(net).split(".")[0]
+    net, name = _head_of(model)
+    head_top = name.split(".")[0]
     children = [(n, m) for n, m in net.named_children() if any(True for _ in m.parameters())]
     before = [m for n, m in children if n != head_top]
     # a block has submodules: skip a lone final norm layer (PreActResNet's and WRN's `bn`)

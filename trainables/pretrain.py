@@ -25,7 +25,7 @@ __all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained", "
 _NOT_IN_KEY = frozenset({
     "norm", "eval_eps", "val_steps", "val_restarts", "val_step_size", "eval_batch_size", "train_eps", "train_steps",
     "train_step_size", "free_replays", "attack_bn_mode", "trades_beta", "co_guard", "co_gap", "co_drop", "device",
-    "download", "trust_checkpoint", "pretrained"})
+    "download", "trust_checkpoint", "pretrained", "betas"})  # betas: pretraining always uses SGD
 
 
 def cache_dir() -> Path:
@@ -37,7 +37,7 @@ def pretrain_config(cfg: TrialConfig) -> TrialConfig:
     return cfg.replace(attack="none", pretrained="none", activation="relu", schedule="cosine", warmup=0.0,
                        min_lr=0.0, peak_lr=cfg.pretrain_lr, epochs=max(cfg.pretrain_epochs, 1), seed=0,
                        finetune_scope="full", backbone_lr_mult=1.0, eps_ramp=0.0, evals_per_epoch=1,
-                       loss="ce", train_eps=None)
+                       loss="ce", train_eps=None, optimizer="sgd")  # pretrain_lr is an SGD learning rate
 
 
 def cached_path(cfg: TrialConfig) -> Path:

@@ -10,6 +10,7 @@ from .activations import swap_activations
 from .checkpoints import CheckpointError, LoadReport, load_starting_point
 from .config import TrialConfig
 from .data import Splits, load_splits
+from .external_models import starting_normalization
 from .models import NormalizedModel, build_model, head, last_block
 
 __all__ = ["Prepared", "prepare", "resolve_device", "amp_dtype", "param_groups"]
@@ -56,7 +57,9 @@ def prepare(cfg: TrialConfig, with_starting_point: bool = True) -> Prepared:
         if not cfg.model.startswith("tv:"):
             raise CheckpointError(f"pretrained={pretrained!r} needs a torchvision model (--set model=tv:resnet18)")
         tv_weights = pretrained.split(":", 1)[1]
-    model = build_model(cfg.model, splits.input_shape, splits.num_classes, splits.mean, splits.std, tv_weights)
+    model = build_model(cfg.model, splits.input_shape, splits.num_classes, splits.mean, splits.std, tv_weights,
+                        head_module=cfg.head_module)
+    starting_normalization(model, cfg, pretrained)  # timm weights expect timm's mean/std
     report = None
     if pretrained and pretrained not in ("none", "auto") and not pretrained.startswith("torchvision:"):
         report = load_starting_point(model, pretrained, trust=cfg.trust_checkpoint)
