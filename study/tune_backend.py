@@ -107,7 +107,9 @@ class StudyCallback(tune.Callback):
 def _trainable(spec, study_dir: Path):
     from trainables.tune_adapter import trial_fn
 
-    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(), study_dir=str(study_dir))
+    # a study in cloud storage: trials get its URI (they hand checkpoints to Ray), never the driver's staging folder
+    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(),
+                              study_dir=spec.location if spec.is_cloud else str(study_dir))
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
     return tune.with_resources(fn, resources)
 
@@ -117,7 +119,12 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
 
     from search_spaces import define_by_run
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    if spec.is_cloud:  # an absolute sqlite path would not exist on the machine that resumes: see study.cloud_study
+        from .cloud_study import optuna_storage
+
+        storage = optuna_storage(spec)
+    else:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
     searcher = PruningAwareOptunaSearch(
         space=define_by_run(space, spec.base_config), metric="best_robust_acc", mode="max",
         points_to_evaluate=[dict(p) for p in space.starting_points] or None,
@@ -133,13 +140,29 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
             name=spec.name, storage_path=str(spec.storage_path), verbose=1 if spec.verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[StudyCallback(str(study_dir), spec.num_samples)],
+            callbacks=[_callback(spec, study_dir, searcher)],
             progress_reporter=None if spec.verbose else _Silent()))
 
 
 def restore_tuner(spec, study_dir: Path) -> tune.Tuner:
-    return tune.Tuner.restore(str(study_dir), trainable=_trainable(spec, study_dir), resume_unfinished=True,
-                              resume_errored=True)
+    if not spec.is_cloud:
+        return tune.Tuner.restore(str(study_dir), trainable=_trainable(spec, study_dir), resume_unfinished=True,
+                                  resume_errored=True)
+    tuner = tune.Tuner.restore(spec.location, trainable=_trainable(spec, study_dir), resume_unfinished=True,
+                               resume_errored=True)
+    # The callback unpickled from the bucket points at the staging folder of the machine that started the
+    # study; this driver writes its records into its own.
+    internal = tuner._local_tuner
+    internal._run_config.callbacks = [_callback(spec, study_dir, internal._tune_config.search_alg)]
+    return tuner
+
+
+def _callback(spec, study_dir: Path, searcher) -> "StudyCallback":
+    if not spec.is_cloud:
+        return StudyCallback(str(study_dir), spec.num_samples)
+    from .cloud_study import CloudStudyCallback
+
+    return CloudStudyCallback(str(study_dir), spec.num_samples, spec.location, searcher)
 
 
 def fit(tuner: tune.Tuner) -> Any:
@@ -173,6 +196,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
         logging.getLogger("ray").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # num_to_keep=1 makes Tune snapshot its state after every trial checkpoint (what keeps a resumed study's view
+    # of the checkpoints current); that is wanted, not a bottleneck to warn about
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, log_to_driver=False)
         return True

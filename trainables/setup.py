@@ -59,6 +59,10 @@ def prepare(cfg: TrialConfig, with_starting_point: bool = True) -> Prepared:
     model = build_model(cfg.model, splits.input_shape, splits.num_classes, splits.mean, splits.std, tv_weights)
     report = None
     if pretrained and pretrained not in ("none", "auto") and not pretrained.startswith("torchvision:"):
+        if "://" in pretrained:  # a study's starting point in cloud storage: every node reads it from there
+            from .cloud_adapter import fetch
+
+            pretrained = fetch(pretrained)
         report = load_starting_point(model, pretrained, trust=cfg.trust_checkpoint)
     elif pretrained == "auto":
         from .pretrain import ensure_pretrained
