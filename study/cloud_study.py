@@ -94,6 +94,18 @@ def _trial_checkpoint(remote: Remote, trial_id: str):
     return max((c for c in (newest_checkpoint(remote.fs, d) for d in mine) if c), default=None)
 
 
+def fill_placeholders(remote: Remote) -> int:
+    """Stand-ins for the checkpoints Ray's snapshot may name but already deleted (see
+    ``trainables.cloud_adapter.fill_placeholders``), in every Ray trial folder of the study."""
+    import pyarrow.fs as pafs
+
+    from trainables.cloud_adapter import fill_placeholders as fill
+
+    return sum(fill(remote.fs, i.path) for i in remote.fs.get_file_info(pafs.FileSelector(remote.path,
+               allow_not_found=True)) if i.type == pafs.FileType.Directory and i.path.rstrip("/").rsplit("/", 1)[-1]
+               not in ("trials", "tensorboard", "export", "report", "pretrained"))
+
+
 def best_checkpoint_uri(spec: dict[str, Any], trial_id: str) -> str:
     """URI of the best.pt the trial's newest checkpoint holds (its best robust-accuracy epoch so far)."""
     location = f"{spec['storage_path'].rstrip('/')}/{spec['name']}"

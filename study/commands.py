@@ -177,7 +177,7 @@ def _resume_cloud(args: argparse.Namespace) -> int:
     checkpoints."""
     from dataclasses import replace
 
-    from .cloud_study import complete_records
+    from .cloud_study import complete_records, fill_placeholders
     from .records import StudyRecords, read_marker
     from .spec import StudySpec
     from .storage import open_study
@@ -194,6 +194,7 @@ def _resume_cloud(args: argparse.Namespace) -> int:
     if remote.local != study_dir:  # the URI was written another way (a trailing slash): stage where the spec says
         remote.pull()
     added = complete_records(remote, StudyRecords(remote.local))
+    fill_placeholders(remote)
     remote.push()
     print(f"resuming study {spec.name} from {spec.location} (records staged in {remote.local}"
           + (f"; {added} epoch(s) restored from the trials' checkpoints" if added else "") + ")", flush=True)

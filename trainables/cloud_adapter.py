@@ -75,6 +75,29 @@ def _checkpoint_indices(fs, trial_path: str) -> list[int]:
     return [int(n.split("_")[-1]) for n in names if n.startswith("checkpoint_") and n.split("_")[-1].isdigit()]
 
 
+def fill_placeholders(fs, trial_path: str) -> int:
+    """Before a study is restored: Ray's snapshot may name a checkpoint it deleted after the snapshot was
+    taken (a newer one replaced it); Ray refuses to restore a trial from a path that is gone. An empty
+    folder stands in for each missing index below the newest (the trial resumes from the newest complete
+    checkpoint anyway, and removes the stand-ins Ray does not name). Returns how many were made."""
+    indices = _checkpoint_indices(fs, trial_path)
+    missing = sorted(set(range(max(indices, default=0))) - set(indices))
+    for i in missing:
+        fs.create_dir(f"{trial_path}/checkpoint_{i:06d}")
+    return len(missing)
+
+
+def _drop_placeholders(fs, trial_path: str, keep: str | None) -> None:
+    import pyarrow.fs as pafs
+
+    for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.Directory and name.startswith("checkpoint_") and \
+                info.path.strip("/") != (keep or "").strip("/") and \
+                not fs.get_file_info(pafs.FileSelector(info.path, recursive=True)):
+            fs.delete_dir(info.path)  # Ray deletes the one it names once a newer checkpoint registers
+
+
 class CloudReporter:
     """Hands each checkpoint folder to Ray Tune (which uploads it) and keeps the trial's history."""
 
@@ -111,9 +134,8 @@ def run_cloud_trial(cfg, trial_id: str) -> None:
     storage = tune.get_context().get_storage()
     fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
     known = tune.get_checkpoint()
-    if known is not None and fs.get_file_info(known.path).type.name == "NotFound":
-        fs.create_dir(known.path)  # deleted before the snapshot saw it: Ray deletes it again once a newer one registers
     newest = newest_checkpoint(fs, trial_path)
+    _drop_placeholders(fs, trial_path, keep=known.path if known is not None else None)
     # past every folder there (complete or not): the next checkpoint never lands on an existing one
     storage.current_checkpoint_index = max([storage.current_checkpoint_index, *_checkpoint_indices(fs, trial_path)])
     resume, history = None, []
