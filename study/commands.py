@@ -21,15 +21,23 @@ def _pretrained_target(spec, study_dir: Path):
         return spec, None
     from dataclasses import replace
 
-    target = study_dir / "pretrained" / "best.pt"
+    # a study in cloud storage keeps it in the bucket, where every node can read it
+    target = f"{spec.location}/pretrained/best.pt" if spec.is_cloud else study_dir / "pretrained" / "best.pt"
     return replace(spec, base_config=cfg.replace(pretrained=str(target))), cfg
 
 
 def _ensure_pretrained(tb, spec, pretrain_cfg: dict | None) -> None:
     """Pretrain on the cluster, with one trial's resources (a GPU where trials have one), not on
     the driver's machine; nothing to do when the file is there (a resumed study)."""
-    target = Path(spec.base_config.pretrained or "")
-    if pretrain_cfg is None or target.exists():
+    target = spec.base_config.pretrained or ""
+    if pretrain_cfg is None:
+        return
+    if spec.is_cloud:
+        from .storage import Remote
+
+        if Remote(spec.location).exists("pretrained/best.pt"):
+            return
+    elif Path(target).exists():
         return
     from trainables.pretrain import pretrain_into
 
@@ -90,6 +98,11 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
     print(f"compute: {summary['grad_passes']:,.0f} grad passes, {summary['trial_seconds']:.0f} trial-seconds; "
           f"without pruning the same trials would cost {summary['grad_passes_no_pruning']:,.0f} grad passes, "
           f"{summary['trial_seconds_no_pruning']:.0f} trial-seconds ({100 * ratio:.0f}% spent)")
+    if spec.is_cloud:  # the export and the last records, to the bucket
+        from .storage import Remote
+
+        Remote(spec.location, study_dir).push()
+        print(f"study in {spec.location} (records staged in {study_dir})")
     print(f"export: {paths[0]}  (rerun: advtune train --config {paths[1]})")
     print(f"compare: tensorboard --logdir {study_dir}")
     return 0
@@ -132,6 +145,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _warm_start(spec, space)  # says what a warm start would take, or refuses it, before anything runs
         return 0
     study_dir = spec.study_dir
+    if spec.is_cloud:
+        from .storage import check_cloud_study_free
+
+        check_cloud_study_free(spec)  # bucket, credentials, name free; clears a stale staging folder
     if study_dir.exists() and any(study_dir.iterdir()):
         raise StudyError(f"study directory {study_dir} already exists; continue it with `advtune resume {study_dir}` "
                          "or choose another --name")
@@ -143,6 +160,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .warm_start import seed
 
         seed(study_dir, spec, warm)
+    if spec.is_cloud:
+        from .storage import Remote
+
+        Remote(spec.location, study_dir).push()
     return _launch(spec, space, study_dir, resume=False, pretrain_cfg=pretrain)
 
 
@@ -160,6 +181,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from .records import read_marker
     from .spec import StudySpec
 
+    from .storage import is_uri
+
+    if is_uri(args.study):
+        return _resume_cloud(args)
     study_dir = Path(args.study).resolve()
     marker = read_marker(study_dir)  # refuses folders advtune did not write: restore unpickles their state
     if not any(study_dir.glob("experiment_state-*.json")) and not (study_dir / "tuner.pkl").exists():
@@ -174,10 +199,48 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _launch(spec, None, study_dir, resume=True, pretrain_cfg=marker.get("pretrain_from"))
 
 
+def _resume_cloud(args: argparse.Namespace) -> int:
+    """Resume a study from its URI alone: its records come down into a fresh staging folder, Ray restores
+    its own state from the bucket, the epochs a killed driver did not push are put back from the trials'
+    checkpoints."""
+    from dataclasses import replace
+
+    from .cloud_study import complete_records, fill_placeholders
+    from .records import StudyRecords, read_marker
+    from .spec import StudySpec
+    from .storage import open_study
+
+    study_dir, remote = open_study(args.study)
+    marker = read_marker(study_dir)
+    if not remote.exists("tuner.pkl"):
+        raise StudyError(f"{args.study} holds no Ray Tune state to resume (the study never started); start it "
+                         "again with advtune run")
+    spec = StudySpec.from_dict(marker["spec"])
+    if args.address is not None:
+        spec = replace(spec, address=args.address)
+    remote.local = spec.study_dir
+    if remote.local != study_dir:  # the URI was written another way (a trailing slash): stage where the spec says
+        remote.pull()
+    added = complete_records(remote, StudyRecords(remote.local))
+    fill_placeholders(remote)
+    remote.push()
+    print(f"resuming study {spec.name} from {spec.location} (records staged in {remote.local}"
+          + (f"; {added} epoch(s) restored from the trials' checkpoints" if added else "") + ")", flush=True)
+    return _launch(spec, None, remote.local, resume=True, pretrain_cfg=marker.get("pretrain_from"))
+
+
+def _local(location: str):
+    """A study's folder to read: the path, or a fresh local copy of a URI's records (and the Remote to push to)."""
+    from .storage import open_study
+
+    return open_study(location)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .export import compute_summary, load_study, status_table
 
-    marker, records = load_study(args.study)
+    study_dir, _ = _local(args.study)
+    marker, records = load_study(study_dir)
     spec = marker["spec"]
     summary = compute_summary(records, spec["max_epochs"])
     print(f"study {spec['name']}: {len(records)} of {spec['num_samples']} trials recorded, "
@@ -189,9 +252,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
+    study_dir, remote = _local(args.study)
     # --top-k asks for a ranking; with neither flag a two-objective study exports its Pareto front
     pareto_front = True if args.pareto else (False if args.top_k is not None else None)
-    paths = export(args.study, top_k=args.top_k or 1, pareto_front=pareto_front, fmt=args.format, out=args.out)
+    paths = export(study_dir, top_k=args.top_k or 1, pareto_front=pareto_front, fmt=args.format, out=args.out)
+    if remote is not None and args.out is None:
+        remote.push()
+        print(f"uploaded to {remote.uri}/export/")
     print(f"wrote {paths[0]}")
     for p in paths[1:]:
         print(f"  {p}   rerun: advtune train --config {p}")
@@ -201,7 +268,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    index = write_report(args.study, out=args.out, top_k=args.top_k)
+    study_dir, remote = _local(args.study)
+    index = write_report(study_dir, out=args.out, top_k=args.top_k)
+    if remote is not None and args.out is None:
+        remote.push()
+        print(f"uploaded to {remote.uri}/report/")
     print(f"wrote {index}  (and the PNG plots beside it; open it in a browser, no network needed)")
     return 0
 
@@ -229,6 +300,9 @@ def register(sub) -> None:
                    "path or cloud URI on a multi-node cluster (default ./advtune_runs)")
     p.add_argument("--assume-shared-storage", action="store_true",
                    help="trust that --storage-path is visible to every node")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="with a cloud --storage-path: keep the Optuna study in this database (any URL Optuna "
+                   "accepts, e.g. postgresql://host/db) so optuna-dashboard can watch it from another machine")
     p.add_argument("--name", default=None, help="study name (default <space>-<dataset>-<time>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--objective", default="robust", metavar="robust|robust+clean|robust:clean>=X",
@@ -246,7 +320,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted study (only directories advtune wrote)")
-    p.add_argument("study", help="the study directory")
+    p.add_argument("study", help="the study directory, or its URI (s3://BUCKET/PREFIX/NAME)")
     p.add_argument("--address", default=None)
     p.set_defaults(func=cmd_resume)
 

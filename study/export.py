@@ -61,10 +61,19 @@ def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path
         "params": rec.params,
         "metrics": {"epoch": best.get("epoch"), "clean_acc": best.get("clean_acc"), "robust_acc": best.get("robust_acc"),
                     "grad_passes_total": rec.grad_passes, "epochs_run": rec.epochs_run},
-        "checkpoint": str((rec.directory or study_dir) / "best.pt"),
+        "checkpoint": _checkpoint(study_dir, marker, rec),
         "command": f"advtune train --config {path} --out runs/rerun-{rec.trial_id}",
         "config": cfg.to_dict(),
     }
+
+
+def _checkpoint(study_dir: Path, marker: dict[str, Any], rec: TrialRecord) -> str:
+    """The trial's best.pt: in its folder, or for a study in cloud storage its URI in the bucket."""
+    if "://" in str(marker["spec"].get("storage_path", "")):
+        from .cloud_study import best_checkpoint_uri
+
+        return best_checkpoint_uri(marker["spec"], rec.trial_id)
+    return str((rec.directory or study_dir) / "best.pt")
 
 
 def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool | None = None, fmt: str = "yaml",

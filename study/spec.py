@@ -44,6 +44,7 @@ class StudySpec:
     objective: str = "robust"  # study.objectives: robust | robust+clean | robust:clean>=X
     sampler: str = "tpe"  # tpe | random (study.tune_backend.make_sampler)
     warm_start: tuple[str, ...] = ()  # earlier study directories whose trials seeded the sampler
+    optuna_storage: str | None = None  # cloud studies: the user's Optuna database URL (default: in memory)
 
     @property
     def slots(self) -> int:
@@ -52,7 +53,22 @@ class StudySpec:
 
     @property
     def study_dir(self) -> Path:
+        """Where the driver writes the study's records: the study directory, or for a cloud URI its local
+        staging copy (``study.storage``)."""
+        if self.is_cloud:
+            from .storage import staging_dir
+
+            return staging_dir(self.location)
         return Path(self.storage_path) / self.name
+
+    @property
+    def is_cloud(self) -> bool:
+        return "://" in self.storage_path
+
+    @property
+    def location(self) -> str:
+        """The study as a user names it: its directory, or ``<URI>/<name>``."""
+        return f"{self.storage_path.rstrip('/')}/{self.name}" if self.is_cloud else str(self.study_dir)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -106,10 +122,17 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
     name = args.name or f"{space.name}-{base.dataset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage_path or os.environ.get("ADVTUNE_STORAGE", "advtune_runs")
     if "://" in storage:
-        raise StudyError(f"--storage-path {storage}: cloud URIs are not supported yet; mount the bucket on every node "
-                         "(s3fs, gcsfuse, mountpoint-s3, blobfuse2) and pass the mount path, e.g. --storage-path "
-                         "/mnt/bucket/advtune")
-    storage = str(Path(storage).expanduser().resolve())
+        from .storage import check_scheme
+
+        check_scheme(storage)
+        if getattr(args, "assume_shared_storage", False):
+            raise StudyError(f"--storage-path {storage} is a cloud URI: trials hand their checkpoints to Ray, which "
+                             "uploads them, so there is no shared filesystem to assume; drop --assume-shared-storage")
+    else:
+        if getattr(args, "optuna_storage", None):
+            raise StudyError("--optuna-storage is for studies in cloud storage; on a filesystem path the Optuna "
+                             f"study is STUDY/optuna.db, which optuna-dashboard opens (drop --optuna-storage)")
+        storage = str(Path(storage).expanduser().resolve())
     from .objectives import parse_objective
 
     objective = parse_objective(getattr(args, "objective", None)).text
@@ -120,7 +143,8 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
                      storage_path=storage, seed=args.seed, max_failures=args.max_failures,
                      verbose=args.verbose, assume_shared_storage=args.assume_shared_storage, objective=objective,
-                     sampler=getattr(args, "sampler", None) or "tpe", warm_start=warm)
+                     sampler=getattr(args, "sampler", None) or "tpe", warm_start=warm,
+                     optuna_storage=getattr(args, "optuna_storage", None))
     return spec, space
 
 
@@ -135,7 +159,7 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
     b = spec.base_config
     lines = [
         f"study      {spec.name}",
-        f"directory  {spec.study_dir}",
+        f"directory  {spec.location}" + (f" (records staged in {spec.study_dir})" if spec.is_cloud else ""),
         f"space      {space.name} ({space.source}){': ' + space.description if space.description else ''}",
     ]
     lines += [f"  {p.describe()}" for p in space.params]
@@ -182,7 +206,7 @@ def _fs_type(path: Path) -> str:
 
 def check_storage(spec: StudySpec, n_nodes: int) -> None:
     """On a multi-node cluster, trials on other nodes must reach the study directory."""
-    if n_nodes <= 1 or spec.assume_shared_storage:
+    if n_nodes <= 1 or spec.assume_shared_storage or spec.is_cloud:
         return
     existing = Path(spec.storage_path)
     while not existing.exists() and existing != existing.parent:

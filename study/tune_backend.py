@@ -130,7 +130,9 @@ class StudyCallback(tune.Callback):
 def _trainable(spec, study_dir: Path):
     from trainables.tune_adapter import trial_fn
 
-    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(), study_dir=str(study_dir))
+    # a study in cloud storage: trials get its URI (they hand checkpoints to Ray), never the driver's staging folder
+    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(),
+                              study_dir=spec.location if spec.is_cloud else str(study_dir))
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
     return tune.with_resources(fn, resources)
 
@@ -156,7 +158,16 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
     # A warm-started study already holds earlier trials (study.warm_start seeded optuna.db): they replace the
     # space's starting points, which exist to give a cold sampler a sensible first look.
     points = [] if spec.warm_start else [dict(p) for p in space.starting_points]
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    if spec.is_cloud:  # an absolute sqlite path would not exist on the machine that resumes: see study.cloud_study
+        from .cloud_study import optuna_storage
+
+        storage = optuna_storage(spec)
+        seeded = study_dir / "optuna.db"
+        if spec.warm_start and seeded.exists():  # study.warm_start seeded the local file: carry its trials over
+            storage = storage or optuna.storages.InMemoryStorage()
+            optuna.copy_study(from_study_name=spec.name, from_storage=f"sqlite:///{seeded}", to_storage=storage)
+    else:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
     multi = objective.multi
     searcher = PruningAwareOptunaSearch(
         space=define_by_run(space, spec.base_config), metric=objective.metrics if multi else objective.metrics[0],
@@ -173,13 +184,29 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
             name=spec.name, storage_path=str(spec.storage_path), verbose=1 if spec.verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[StudyCallback(str(study_dir), spec.num_samples)],
+            callbacks=[_callback(spec, study_dir, searcher)],
             progress_reporter=None if spec.verbose else _Silent()))
 
 
 def restore_tuner(spec, study_dir: Path) -> tune.Tuner:
-    return tune.Tuner.restore(str(study_dir), trainable=_trainable(spec, study_dir), resume_unfinished=True,
-                              resume_errored=True)
+    if not spec.is_cloud:
+        return tune.Tuner.restore(str(study_dir), trainable=_trainable(spec, study_dir), resume_unfinished=True,
+                                  resume_errored=True)
+    tuner = tune.Tuner.restore(spec.location, trainable=_trainable(spec, study_dir), resume_unfinished=True,
+                               resume_errored=True)
+    # The callback unpickled from the bucket points at the staging folder of the machine that started the
+    # study; this driver writes its records into its own.
+    internal = tuner._local_tuner
+    internal._run_config.callbacks = [_callback(spec, study_dir, internal._tune_config.search_alg)]
+    return tuner
+
+
+def _callback(spec, study_dir: Path, searcher) -> "StudyCallback":
+    if not spec.is_cloud:
+        return StudyCallback(str(study_dir), spec.num_samples)
+    from .cloud_study import CloudStudyCallback
+
+    return CloudStudyCallback(str(study_dir), spec.num_samples, spec.location, searcher)
 
 
 def fit(tuner: tune.Tuner) -> Any:
@@ -213,6 +240,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
         logging.getLogger("ray").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # num_to_keep=1 makes Tune snapshot its state after every trial checkpoint (what keeps a resumed study's view
+    # of the checkpoints current); that is wanted, not a bottleneck to warn about
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, log_to_driver=False)
         return True

@@ -121,3 +121,57 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """Two S3-compatible servers on loopback (moto in server mode, real HTTP, pyarrow's real S3 client):
+    ``endpoint`` accepts the fake credentials and holds the bucket ``advtune``; ``denied`` enforces IAM
+    authentication from the first request, so it answers 403 to the same credentials. The AWS_* variables
+    (fake credentials, the endpoint) are set for this process and the Ray nodes it starts, and removed after."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    moto = str(Path(sys.executable).with_name("moto_server"))
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    ports, procs = (_free_port(), _free_port()), []
+    for port, extra in zip(ports, ({}, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})):
+        procs.append(subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log,
+                                      env={**os.environ, **extra}, stdin=subprocess.DEVNULL))
+    deadline = time.time() + 60
+    for port in ports:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports[0]}", "AWS_EC2_METADATA_DISABLED": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import pyarrow.fs as pafs
+
+    pafs.FileSystem.from_uri("s3://advtune?allow_bucket_creation=true")[0].create_dir("advtune")
+    yield {"endpoint": env["AWS_ENDPOINT_URL"], "denied": f"127.0.0.1:{ports[1]}"}
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=30)
+    log.close()

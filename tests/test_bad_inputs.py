@@ -143,6 +143,19 @@ CASES: list[Case] = [
      ["--warm-start", "l2_study", "norm 'l2' there, 'linf' here", "eval_eps", "same norm, eval_eps"]),
     ("export a study with no results", lambda f, t: ["export", str(f["empty_study"])],
      ["no trial with a finished validation", "nothing to export"]),
+    # cloud storage (a loopback moto S3 server: see the s3_server fixture)
+    ("unknown URI scheme", lambda f, t: ["run", "--storage-path", "ftp://host/studies", "--name", "c"],
+     ["ftp://", "unknown URI scheme", "s3://BUCKET/PREFIX"]),
+    ("bucket that does not exist", lambda f, t: ["run", "--storage-path", "s3://no-such-bucket/studies", "--name", "c"],
+     ["no-such-bucket", "does not exist", "create it"]),
+    ("credentials refused (403)", lambda f, t: ["run", "--name", "c", "--storage-path",
+                                                f"s3://advtune/studies?endpoint_override={f['s3_denied']}&scheme=http"],
+     ["refused these credentials", "403", "role or environment"]),
+    ("URI with --assume-shared-storage", lambda f, t: ["run", "--storage-path", "s3://advtune/studies", "--name", "c",
+                                                       "--assume-shared-storage"],
+     ["cloud URI", "drop --assume-shared-storage"]),
+    ("resume a URI holding no study", lambda f, t: ["resume", "s3://advtune/empty/nothing"],
+     ["holds no advtune study", "--storage-path URI"]),
     # trial configs
     ("unknown --set key", lambda f, t: ["train", "--set", "peak_lrr=0.1"], ["peak_lrr", "did you mean 'peak_lr'"]),
     ("epsilon out of range", lambda f, t: ["train", "--set", "eval_eps=1.5"], ["eval_eps", "out of range", "8/255"]),
@@ -242,9 +255,10 @@ CASES: list[Case] = [
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, s3_server):
     tmp = tmp_path_factory.mktemp("bad")
     files = _files(tmp)
+    files["s3_denied"] = s3_server["denied"]
     study = _study(tmp)
     return tmp, files, study, _digest(study)
 
@@ -265,7 +279,16 @@ def test_bad_input_gets_a_clear_error_and_loses_nothing(workspace, capsys, monke
     for needle in needles:
         assert needle in message[0], (case_id, message[0])
     assert _digest(study) == before, "a bad input changed an existing study"
+    assert not _bucket_keys(), "a bad input wrote to the bucket"
     assert not (tmp / "PWNED").exists(), "code in an input file ran"
+
+
+def _bucket_keys() -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri("s3://advtune/")
+    return [i.path for i in fs.get_file_info(pafs.FileSelector("advtune", allow_not_found=True, recursive=True))
+            if "/unit/" not in i.path and "/studies/cloud/" not in i.path]
 
 
 def test_there_are_at_least_25_cases():

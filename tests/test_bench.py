@@ -1,7 +1,7 @@
 """Every benchmark's ``--quick`` mode runs and prints the ratio lines it promises (with numbers).
 
 Runs each ``bench/*.py --quick`` as a subprocess (digits only: no dataset outside the package is
-needed). The four run at once, one torch thread each (3 min 6 s on the 2-core CPU machine at load ~9; local Ray
+needed). The five run at once, one torch thread each (3 min 6 s on the 2-core CPU machine at load ~9; local Ray
 starts several times).
 """
 from __future__ import annotations
@@ -37,6 +37,10 @@ PROMISES = {
     ] + [rf"^RATIO median method={m} reach_frac_of_a={NUM} total_frac_of_a={NUM}" for m in "abc"]
       + [rf"^RATIO method={m} best_within_30pct_of_a_compute={NUM} mean={NUM}" for m in "abc"],
     "importance_reliability.py": [rf"^RATIO n={n} top1={NUM} top2={NUM} irrelevant_median={NUM}" for n in (8, 20)],
+    "cloud_upload.py": [
+        rf"^RATIO upload_over_epoch={NUM} model=small_cnn upload_s={NUM} epoch_s={NUM} ckpt_mb={NUM} "
+        rf"upload_mb_per_s={NUM}",
+    ],
     "finetune_vs_scratch.py": [
         rf"^RATIO finetune robust={NUM} clean={NUM} grad_passes={NUM} pretrain_passes={NUM}",
         rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
@@ -45,7 +49,7 @@ PROMISES = {
 }
 # numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
 # (at_equal_robust is nan when scratch never reaches fine-tuning's accuracy; the lower bound is then what counts)
-MUST_BE_FINITE = {"importance_reliability.py": None, "attack_cost.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
+MUST_BE_FINITE = {"importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
 
 
 def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):
@@ -54,7 +58,7 @@ def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "ADVTUNE_CACHE": str(tmp_path / "cache"),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     failures = []
-    # all four at once: much of their time is Ray starting up, which waits rather than computes
+    # all at once: much of their time is Ray starting up, which waits rather than computes
     procs = {script: subprocess.Popen([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for script in PROMISES}

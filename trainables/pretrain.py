@@ -71,5 +71,11 @@ def pretrain_into(cfg: dict, target: str) -> str:
     task on a cluster node, so ``cfg`` is a plain dict."""
     from .checkpoints import copy_atomic
 
-    copy_atomic(ensure_pretrained(TrialConfig.from_dict(cfg)), target)
+    source = ensure_pretrained(TrialConfig.from_dict(cfg))
+    if "://" in str(target):  # a study in cloud storage: into the bucket (an object appears whole or not at all)
+        from .cloud_adapter import upload
+
+        upload(source, str(target))
+    else:
+        copy_atomic(source, target)
     return str(target)

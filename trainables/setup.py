@@ -62,6 +62,10 @@ def prepare(cfg: TrialConfig, with_starting_point: bool = True) -> Prepared:
     starting_normalization(model, cfg, pretrained)  # timm weights expect timm's mean/std
     report = None
     if pretrained and pretrained not in ("none", "auto") and not pretrained.startswith("torchvision:"):
+        if "://" in pretrained:  # a study's starting point in cloud storage: every node reads it from there
+            from .cloud_adapter import fetch
+
+            pretrained = fetch(pretrained)
         report = load_starting_point(model, pretrained, trust=cfg.trust_checkpoint)
     elif pretrained == "auto":
         from .pretrain import ensure_pretrained

@@ -6,7 +6,8 @@ Whatever interrupts it — a retry after an exception, a node lost, a driver kil
 resumed — it therefore restarts from its newest finished epoch: no finished epoch is ever redone,
 and only two checkpoint files per trial ever exist. (Ray's own experiment snapshot is written
 periodically and can lag a trial by an epoch; that is why advtune does not rely on it for trial
-state.) The study directory must be a filesystem path every node sees (NFS, a mounted bucket).
+state.) The study directory must be a filesystem path every node sees (NFS, a mounted bucket); a study in
+cloud storage (a URI) hands its checkpoints to Ray instead: ``trainables/cloud_adapter.py``.
 """
 from __future__ import annotations
 
@@ -87,6 +88,11 @@ def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str) -> No
     # oversubscribe it, and one trial given a whole node uses all of it
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     cfg = TrialConfig.from_dict({**base, **params})
+    if "://" in study_dir:  # cloud storage: no shared directory; Ray uploads the checkpoints
+        from .cloud_adapter import run_cloud_trial
+
+        run_cloud_trial(cfg, tune.get_context().get_trial_id())
+        return
     trial_dir = Path(study_dir) / "trials" / tune.get_context().get_trial_id()
     trial_dir.mkdir(parents=True, exist_ok=True)
     resume = trial_dir if (trial_dir / "last.pt").exists() else None

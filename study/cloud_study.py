@@ -1,0 +1,140 @@
+"""The driver's side of a study in cloud storage: records staged locally and pushed to the bucket, the
+Optuna study kept where a driver on another machine can restore it, and records completed on resume.
+
+- The Optuna study lives in Optuna's in-memory storage inside the searcher, which Ray Tune pickles into its
+  experiment state in the bucket; an sqlite file would be named by an absolute path that does not exist on
+  the machine that resumes. ``optuna.db`` is *exported* from it into the staging folder at every trial's end
+  and at the study's end (``advtune report`` and optuna-dashboard read that file). ``--optuna-storage URL``
+  keeps the study in that database instead (any URL Optuna accepts), so optuna-dashboard can watch it live.
+- The records (``study.records``) are pushed at every trial's end, every ``SYNC_PERIOD_S`` seconds of
+  results, and at the study's end. A driver killed between two pushes loses at most those seconds of
+  metrics lines — never an epoch: every checkpoint in the bucket carries its trial's history
+  (``trainables.cloud_adapter``), and :func:`complete_records` puts back the lines a push did not carry.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .records import FINAL_STATES, StudyRecords
+from .storage import Remote
+from .tune_backend import StudyCallback
+
+__all__ = ["CloudStudyCallback", "optuna_storage", "export_optuna", "complete_records", "best_checkpoint_uri"]
+
+
+def optuna_storage(spec):
+    """The Optuna storage of a cloud study: the user's database URL, else in memory (pickled by Ray)."""
+    import optuna
+
+    if getattr(spec, "optuna_storage", None):
+        return optuna.storages.RDBStorage(spec.optuna_storage)
+    return None  # OptunaSearch keeps the study in memory
+
+
+def export_optuna(searcher, path: Path) -> None:
+    """Write the searcher's Optuna study to ``path`` (sqlite), replacing it atomically."""
+    import optuna
+
+    study = getattr(searcher, "_ot_study", None)
+    if study is None:
+        return
+    tmp = path.with_name(".optuna.db.tmp")
+    tmp.unlink(missing_ok=True)
+    optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage,
+                      to_storage=f"sqlite:///{tmp}", to_study_name=study.study_name)
+    os.replace(tmp, path)
+
+
+class CloudStudyCallback(StudyCallback):
+    """StudyCallback that also pushes the staging folder to the study's URI."""
+
+    def __init__(self, study_dir: str, total: int, uri: str, searcher) -> None:
+        super().__init__(study_dir, total)
+        self.remote = Remote(uri, Path(study_dir))
+        self.searcher = searcher
+
+    def __getstate__(self) -> dict:  # Ray pickles callbacks: no filesystem handle, no searcher copy
+        return {**super().__getstate__(), "remote": None, "searcher": None}
+
+    def _push(self, optuna_too: bool, force: bool = True) -> None:
+        if self.remote is None:
+            return
+        if optuna_too and self.searcher is not None:
+            export_optuna(self.searcher, Path(self.records.study_dir) / "optuna.db")
+        self.remote.push(force=force)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        super().on_trial_result(iteration, trials, trial, result, **info)
+        self._push(False, force=False)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        super().on_trial_complete(iteration, trials, trial, **info)
+        self._push(True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        super().on_trial_error(iteration, trials, trial, **info)
+        self._push(True)
+
+    def on_experiment_end(self, trials, **info):
+        super().on_experiment_end(trials, **info)
+        self._push(True)
+
+
+def _trial_checkpoint(remote: Remote, trial_id: str):
+    """The newest complete checkpoint ``(epoch, index, path)`` of ``trial_id`` in the bucket, or None."""
+    import pyarrow.fs as pafs
+
+    from trainables.cloud_adapter import newest_checkpoint
+
+    mine = [i.path for i in remote.fs.get_file_info(pafs.FileSelector(remote.path, allow_not_found=True))
+            if i.type == pafs.FileType.Directory and f"_{trial_id}_" in i.path.rsplit("/", 1)[-1]]
+    return max((c for c in (newest_checkpoint(remote.fs, d) for d in mine) if c), default=None)
+
+
+def fill_placeholders(remote: Remote) -> int:
+    """Stand-ins for the checkpoints Ray's snapshot may name but already deleted (see
+    ``trainables.cloud_adapter.fill_placeholders``), in every Ray trial folder of the study."""
+    import pyarrow.fs as pafs
+
+    from trainables.cloud_adapter import fill_placeholders as fill
+
+    return sum(fill(remote.fs, i.path) for i in remote.fs.get_file_info(pafs.FileSelector(remote.path,
+               allow_not_found=True)) if i.type == pafs.FileType.Directory and i.path.rstrip("/").rsplit("/", 1)[-1]
+               not in ("trials", "tensorboard", "export", "report", "pretrained"))
+
+
+def best_checkpoint_uri(spec: dict[str, Any], trial_id: str) -> str:
+    """URI of the best.pt the trial's newest checkpoint holds (its best robust-accuracy epoch so far)."""
+    location = f"{spec['storage_path'].rstrip('/')}/{spec['name']}"
+    remote = Remote(location, Path("."))
+    found = _trial_checkpoint(remote, trial_id)
+    if found is None:
+        return f"{location}/(no checkpoint of trial {trial_id} in the bucket)"
+    return f"{location.split('://')[0]}://{found[2]}/best.pt"
+
+
+def complete_records(remote: Remote, records: StudyRecords) -> int:
+    """Add to each unfinished trial's ``metrics.jsonl`` (and TensorBoard) the epochs its newest complete
+    checkpoint in the bucket holds but the records do not (the driver was killed before pushing them).
+    Returns the number of lines added."""
+    from trainables.cloud_adapter import HISTORY
+
+    added = 0
+    for rec in records.load():
+        if rec.state in FINAL_STATES:
+            continue
+        newest = _trial_checkpoint(remote, rec.trial_id)
+        if newest is None:
+            continue
+        with remote.fs.open_input_stream(f"{newest[2]}/{HISTORY}") as f:
+            history: list[dict[str, Any]] = [json.loads(ln) for ln in f.read().decode().splitlines() if ln.strip()]
+        last = rec.epochs_run
+        for m in history:
+            if m["epoch"] > last:
+                records.on_result(rec.trial_id, m)
+                added += 1
+    records.close()
+    return added
