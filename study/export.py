@@ -64,7 +64,16 @@ def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path
         "checkpoint": str((rec.directory or study_dir) / "best.pt"),
         "command": f"advtune train --config {path} --out runs/rerun-{rec.trial_id}",
         "config": cfg.to_dict(),
+        "load_report": _load_report(rec),
     }
+
+
+def _load_report(rec: TrialRecord) -> dict[str, Any] | None:
+    """What loading the trial's starting point did (``load_report.json``), or None when it loaded none."""
+    from trainables.load_report import read_report
+
+    report = read_report(rec.directory)
+    return report.to_dict() if report is not None else None
 
 
 def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool = False, fmt: str = "yaml",

@@ -156,7 +156,7 @@ def _canonical(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return state, {}, {}
 
 
-def load_starting_point(model: nn.Module, path: str | Path, trust: bool = False, min_fraction: float = 0.9,
+def load_starting_point(model: nn.Module, path: str | Path, trust: bool = False, min_fraction: float = 0.75,
                         require_all: bool = False) -> LoadReport:
     """Load the weights in ``path`` into ``model`` (a NormalizedModel), as far as they fit.
 

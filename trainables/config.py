@@ -82,7 +82,7 @@ class TrialConfig:
     pretrained: str | None = _f("auto", "checkpoint path | torchvision:DEFAULT | auto (natural pretraining, cached) | none")
     trust_checkpoint: bool = _f(False, "allow full unpickling of `pretrained` (runs code in the file: trusted files only)")
     # starting-point loading (load report, normalization): trainables/load_report.py, normalization.py
-    min_loaded_fraction: float = _f(0.9, "refuse a starting point that fills less than this share (0..1) of the model's tensors outside the classifier head (BN counters, psoftplus betas not counted); lower it for a deliberate partial load")
+    min_loaded_fraction: float = _f(0.75, "refuse a starting point that fills less than this share (0..1) of the model's tensors outside the classifier head (BN counters, psoftplus betas not counted); lower it for a deliberate partial load")
     normalization: str = _f("auto", "auto | data | imagenet | 'm1,m2,m3/s1,s2,s3' (per-channel mean/std, [0,1] pixel units); auto: the checkpoint's own, torchvision weights' own (ImageNet), else the train split's")
     pretrain_epochs: int = _f(15, "epochs of natural training when pretrained=auto")
     pretrain_lr: float = _f(0.05, "peak LR of natural pretraining (cosine schedule)")
