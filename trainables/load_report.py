@@ -51,7 +51,7 @@ class LoadReport:
     def summary(self) -> str:
         parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({self.format}); "
                  f"{100 * self.fraction:.0f}% of the {self.counted} tensors outside the classifier head"]
-        if self.normalizer:
+        if self.normalizer and not self.normalization:
             parts.append("normalization taken from the checkpoint")
         if self.normalization:
             parts.append(f"normalization: {self.normalization}")
@@ -71,7 +71,7 @@ class LoadReport:
             if keys:
                 text += f", {len(keys)} {name}"
         if self.normalization:
-            text += f"; normalization {self.normalization.split(':')[0]}"
+            text += f"; normalization: {self.normalization.split(' (')[0]}"
         return f"{self.source}: {text}"
 
     def to_dict(self) -> dict[str, Any]:
