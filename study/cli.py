@@ -86,10 +86,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trainables.checkpoints import FORMAT, CheckpointError, load_file, load_starting_point
+    from torch.utils.data import Subset, TensorDataset
+
+    from trainables.checkpoints import FORMAT, CheckpointError, load_file
     from trainables.config import TrialConfig, parse_eps
     from trainables.evaluate import AutoAttackUnavailable, evaluate_autoattack, evaluate_pgd
-    from trainables.setup import prepare
+    from trainables.setup import model_from_checkpoint
 
     payload = load_file(args.checkpoint, trust=args.trust_checkpoint)
     if isinstance(payload, dict) and payload.get("format") == FORMAT and not args.config:
@@ -102,12 +104,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = cfg.replace(pretrained="none")
     if args.set:
         cfg = cfg.with_overrides(args.set)
-    prep = prepare(cfg, with_starting_point=False)
-    report = load_starting_point(prep.model, args.checkpoint, trust=args.trust_checkpoint, min_fraction=0.999)
-    if report.reinitialized:
-        raise CheckpointError(f"{args.checkpoint} does not match this data's class count ({report.summary()})")
+    for flag, value in (("--limit", args.limit), ("--sanity-images", args.sanity_images)):
+        if value is not None and value < 1:
+            raise _usage_error(f"{flag} {value}: give a number of images of at least 1")
+    prep, report = model_from_checkpoint(args.checkpoint, cfg, trust=args.trust_checkpoint)
+    if report.unexpected:
+        print(f"note: {args.checkpoint}: {len(report.unexpected)} keys not loaded (not in this model): "
+              f"{', '.join(report.unexpected[:6])}")
     model = prep.model.to(prep.device).eval()
     split = {"test": prep.splits.test, "val": prep.splits.val, "train": prep.splits.train}[args.split]
+    if args.limit is not None and args.limit < len(split):
+        # the same first N images for every figure
+        split = TensorDataset(*(t[: args.limit] for t in split.tensors)) if isinstance(split, TensorDataset) \
+            else Subset(split, range(args.limit))
     eps = parse_eps(args.eps, "--eps") if args.eps is not None else cfg.eval_eps
     step = 2.5 * eps / args.steps
     results = []
@@ -118,22 +127,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results.append(res)
     if "autoattack" in attacks:
         try:
-            results.append(evaluate_autoattack(model, split, cfg.norm, eps, device=prep.device, seed=args.seed,
-                                               limit=args.limit))
+            results.append(evaluate_autoattack(model, split, cfg.norm, eps, device=prep.device, seed=args.seed))
         except AutoAttackUnavailable as exc:
             if args.attack == "autoattack":
                 raise CheckpointError(str(exc)) from None
             print(f"note: {exc}")
     print(f"\nadvtune eval — {args.checkpoint}")
-    print(f"  split {args.split} ({results[0].n} images), threat model {cfg.norm} eps {eps:.5g}, "
-          f"PGD step {step:.4g}, seed {args.seed}, fp32, device {prep.device}")
-    print(f"  {'clean accuracy':<20} {100 * results[0].clean_acc:6.2f}%")
+    print(f"  split {args.split}, {len(split)} images{' (--limit)' if args.limit else ''}, threat model {cfg.norm} "
+          f"eps {eps:.5g}, PGD step {step:.4g}, seed {args.seed}, fp32, device {prep.device}")
+    print(f"  {'clean accuracy':<20} {100 * results[0].clean_acc:6.2f}%  ({results[0].n} images)")
     for res in results:
-        print(f"  {res.attack:<20} {100 * res.robust_acc:6.2f}%")
+        print(f"  {res.attack:<20} {100 * res.robust_acc:6.2f}%  (clean {100 * res.clean_acc:.2f}% on the same "
+              f"{res.n} images)")
+    checks = [] if args.no_sanity else _sanity(args, model, split, cfg, eps, prep.device)
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, "norm": cfg.norm,
-                                               "eps": eps, "results": [r.as_dict() for r in results]}, indent=2))
+                                               "eps": eps, "images": len(split),
+                                               "results": [r.as_dict() for r in results],
+                                               "sanity": [c.as_dict() for c in checks],
+                                               "load_report": report.to_dict()}, indent=2))
+    failed = [c.name for c in checks if not c.passed]
+    if failed and args.strict:
+        print(f"advtune eval: sanity check(s) failed: {', '.join(failed)} (--strict)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _sanity(args: argparse.Namespace, model, split, cfg, eps: float, device) -> list:
+    """Carlini et al. (2019)'s sanity checks on the evaluated images (see trainables/sanity.py)."""
+    import torch
+
+    from trainables.loader import iterate
+    from trainables.sanity import run_checks
+
+    xs, ys, have = [], [], 0
+    for xb, yb in iterate(split, cfg.eval_batch_size, device):  # only the images the checks use
+        xs.append(xb)
+        ys.append(yb)
+        have += yb.shape[0]
+        if have >= args.sanity_images:
+            break
+    x, y = torch.cat(xs)[: args.sanity_images], torch.cat(ys)[: args.sanity_images]
+    checks = run_checks(model, x, y, cfg.norm, eps, args.steps, args.restarts, seed=args.seed,
+                        batch_size=cfg.eval_batch_size)
+    print("  sanity checks (Carlini et al. 2019):")
+    for c in checks:
+        print(f"  {'PASS' if c.passed else 'FAIL'} {c.name:<10} {c.line}")
+    if not all(c.passed for c in checks):
+        print("  a FAIL means the robust figure above may overstate robustness (weak attack or gradient masking)")
+    return checks
 
 
 class _UsageError(Exception):
@@ -187,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="clean and robust accuracy of a checkpoint (strong attack, test split)",
                        description="Evaluate with PGD-k with restarts (default PGD-50, 10 restarts) and, with the "
-                       "`autoattack` extra installed, AutoAttack standard. fp32; default split: test.")
+                       "`autoattack` extra installed, AutoAttack standard. fp32; default split: test. Then runs the "
+                       "sanity checks of Carlini et al. (2019): accuracy monotone in eps, at chance for a large eps, "
+                       "and unchanged (<1 point) by twice the PGD steps and restarts.")
     p.add_argument("--checkpoint", required=True, metavar="FILE")
     p.add_argument("--config", metavar="FILE", help="data/model config for checkpoints that are not advtune's")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[])
@@ -198,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", default=None, help="epsilon (default: the checkpoint's eval_eps); 8/255 accepted")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="AutoAttack: first N images only")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images of the split only "
+                   "(every attack, the same images)")
+    p.add_argument("--no-sanity", action="store_true", help="skip the sanity checks of Carlini et al. (2019)")
+    p.add_argument("--sanity-images", type=int, default=500, metavar="N",
+                   help="sanity checks on the first N evaluated images (default 500; they cost ~5x the PGD on them)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a sanity check fails")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of the checkpoint (runs code in it: trusted files only)")

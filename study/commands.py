@@ -246,7 +246,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"study {spec['name']}: {len(records)} of {spec['num_samples']} trials recorded, "
           f"{summary['pruned']} pruned by ASHA")
     print(status_table(records))
+    _print_load_reports(records)
     return 0
+
+
+def _print_load_reports(records) -> None:
+    """One line per distinct starting-point load (all trials of a study usually share one)."""
+    from trainables.load_report import read_report
+
+    seen: dict[str, list[str]] = {}
+    for rec in records:
+        report = read_report(rec.directory)
+        if report is not None:
+            seen.setdefault(report.short(), []).append(rec.trial_id)
+    for text, trials in seen.items():
+        who = "every trial" if len(trials) == len(records) else f"{len(trials)} trials"
+        print(f"starting point ({who}): {text}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

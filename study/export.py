@@ -64,7 +64,16 @@ def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path
         "checkpoint": _checkpoint(study_dir, marker, rec),
         "command": f"advtune train --config {path} --out runs/rerun-{rec.trial_id}",
         "config": cfg.to_dict(),
+        "load_report": _load_report(rec),
     }
+
+
+def _load_report(rec: TrialRecord) -> dict[str, Any] | None:
+    """What loading the trial's starting point did (``load_report.json``), or None when it loaded none."""
+    from trainables.load_report import read_report
+
+    report = read_report(rec.directory)
+    return report.to_dict() if report is not None else None
 
 
 def _checkpoint(study_dir: Path, marker: dict[str, Any], rec: TrialRecord) -> str:

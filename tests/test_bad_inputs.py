@@ -70,6 +70,9 @@ def _files(tmp: Path) -> dict[str, Path]:
     torch.save(build_model("small_cnn", (1, 8, 8), 3, (0.5,), (0.5,)).state_dict(), f["classes"])
     f["evil"] = tmp / "evil.pt"
     torch.save({"model": Evil(tmp / "PWNED")}, f["evil"])
+    f["partial"] = tmp / "partial.pt"  # no block2, no fc, one key the model lacks (issue 11)
+    torch.save({**{k: v for k, v in small.net.state_dict().items() if not k.startswith(("block2.", "fc."))},
+                "projection.weight": torch.zeros(4, 4)}, f["partial"])
     f["digits_cfg"] = tmp / "digits.yaml"
     f["digits_cfg"].write_text("dataset: digits\nmodel: small_cnn\n")
     f["cfg_unknown"] = tmp / "unknown.yaml"
@@ -210,6 +213,16 @@ CASES: list[Case] = [
                                                           str(f["digits_cfg"])], ["three_classes.pt", "class count"]),
     ("checkpoint that runs code when unpickled", lambda f, t: ["eval", "--checkpoint", str(f["evil"]), "--config",
                                                                str(f["digits_cfg"])], ["evil.pt", "--trust-checkpoint"]),
+    ("partial checkpoint below min_loaded_fraction", lambda f, t: ["train", "--set", f"pretrained={f['partial']}",
+                                                                    *TINY[:-2]],
+     ["partial.pt", "71%", "min_loaded_fraction=0.75", "--set min_loaded_fraction="]),
+    ("unknown normalization", lambda f, t: ["train", *TINY, "--set", "normalization=imagnet"],
+     ["normalization", "imagenet", "m1,m2,m3/s1,s2,s3"]),
+    ("ImageNet normalization on 1-channel data", lambda f, t: ["train", "--set", f"pretrained={t / 'good.pt'}",
+                                                               "--set", "normalization=imagenet", *TINY[:-2]],
+     ["3 channels", "data has 1", "normalization=data"]),
+    ("eval --limit 0", lambda f, t: ["eval", "--checkpoint", str(t / "good.pt"), "--config", str(f["digits_cfg"]),
+                                     "--limit", "0"], ["--limit 0", "at least 1"]),
     ("foreign checkpoint without a config", lambda f, t: ["eval", "--checkpoint", str(t / "good.pt")],
      ["good.pt", "--config"]),
     ("damaged safetensors file", lambda f, t: ["train", *TINY[:-2], "--set", f"pretrained={f['bad_safetensors']}"],

@@ -115,7 +115,7 @@ def test_train_resume_of_a_finished_run_is_complete(trained, tmp_path, capsys):
 
 def test_eval_reports_clean_and_robust_on_the_test_split(trained, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    code = main(["eval", "--quiet", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd", "--steps", "5",
+    code = main(["eval", "--quiet", "--no-sanity", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd", "--steps", "5",
                  "--restarts", "2", "--json", str(out)])
     assert code == 0
     result = json.loads(out.read_text())
@@ -134,7 +134,7 @@ def test_eval_on_val_reproduces_training_validation(trained, tmp_path):
     accuracies the trial reported for its best epoch; more restarts can only lower robust accuracy."""
     def evaluate(restarts: int, name: str) -> dict:
         out = tmp_path / name
-        assert main(["eval", "--quiet", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd", "--steps",
+        assert main(["eval", "--quiet", "--no-sanity", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd", "--steps",
                      str(TINY["val_steps"]), "--restarts", str(restarts), "--split", "val", "--json", str(out)]) == 0
         return json.loads(out.read_text())["results"][0]
 
@@ -153,12 +153,50 @@ def test_eval_of_a_plain_state_dict_with_config(trained, tmp_path):
     cfg_file = tmp_path / "data.yaml"
     TrialConfig(**TINY).to_yaml(cfg_file)
     out = tmp_path / "eval.json"
-    assert main(["eval", "--quiet", "--checkpoint", str(plain), "--config", str(cfg_file), "--attack", "pgd",
+    assert main(["eval", "--quiet", "--no-sanity", "--checkpoint", str(plain), "--config", str(cfg_file), "--attack", "pgd",
                  "--steps", "2", "--restarts", "1", "--json", str(out)]) == 0
     ref = tmp_path / "ref.json"
-    assert main(["eval", "--quiet", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd", "--steps", "2",
+    assert main(["eval", "--quiet", "--no-sanity", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd", "--steps", "2",
                  "--restarts", "1", "--json", str(ref)]) == 0
     assert json.loads(out.read_text())["results"] == json.loads(ref.read_text())["results"]
+
+
+def test_eval_limit_applies_to_every_figure_and_each_names_its_images(trained, tmp_path, capsys):
+    """--limit N: every attack on the same first N images; each figure says how many, and each robust
+    figure stands beside the clean accuracy of those images (issue 11, defect 4)."""
+    from trainables.data import load_splits
+    from trainables.setup import model_from_checkpoint
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--quiet", "--no-sanity", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd",
+                 "--steps", "2", "--restarts", "1", "--limit", "40", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    (pgd,) = result["results"]
+    assert pgd["n"] == 40 and result["images"] == 40
+    prep, _ = model_from_checkpoint(str(trained / "best.pt"), TrialConfig(**TINY))
+    x, y = load_splits("digits", None, 0.2, 0).test.tensors
+    with torch.no_grad():
+        clean40 = (prep.model.eval()(x[:40]).argmax(1) == y[:40]).float().mean().item()
+    assert pgd["clean_acc"] == pytest.approx(clean40)
+    assert "(40 images)" in printed and f"(clean {100 * clean40:.2f}% on the same 40 images)" in printed
+
+
+def test_eval_prints_a_sanity_verdict_per_check_and_strict_fails_on_one(trained, tmp_path, capsys):
+    """One step of PGD is not a converged attack: twice the steps and restarts move its figure,
+    so the convergence check fails, and --strict turns that into exit status 1."""
+    argv = ["eval", "--quiet", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd", "--steps", "1",
+            "--restarts", "1", "--limit", "40"]
+    out = tmp_path / "eval.json"
+    assert main([*argv, "--json", str(out)]) == 0  # without --strict a failed check is reported, not fatal
+    printed = capsys.readouterr().out
+    verdicts = [ln.split()[:2] for ln in printed.splitlines() if ln.strip().startswith(("PASS", "FAIL"))]
+    assert [name for _, name in verdicts] == ["monotone", "chance", "converged"]
+    assert ["FAIL", "converged"] in verdicts and printed.count("(PGD-") == 2 and "40 images" in printed
+    sanity = {c["name"]: c for c in json.loads(out.read_text())["sanity"]}
+    assert not sanity["converged"]["passed"] and sanity["converged"]["images"] == 40
+    assert main([*argv, "--strict"]) == 1
+    assert "sanity check(s) failed: " in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- user errors

@@ -139,21 +139,23 @@ def test_timm_model_with_random_weights_reloads_from_safetensors_and_takes_timms
     assert second.model.normalize.mean.flatten().tolist() == pytest.approx(list(first.splits.mean))
 
 
-def test_timm_weights_for_rgb_data_bring_timms_mean_and_std(tmp_path):
-    from safetensors.torch import save_file
+def test_timm_weights_for_rgb_data_bring_timms_mean_and_std():
+    from trainables.external_models import timm_stats
+    from trainables.normalization import choose_normalization
 
-    from trainables.external_models import starting_normalization
-
-    cfg = TrialConfig(model="timm:test_resnet", pretrained="none", device="cpu")
-    model = build_model(cfg.model, (3, 16, 16), 10, (0.1, 0.2, 0.3), (0.4, 0.4, 0.4))
-    starting_normalization(model, cfg, "none")
-    assert model.normalize.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
-    weights = tmp_path / "rgb.safetensors"
-    save_file({k: v.contiguous() for k, v in model.net.state_dict().items()}, str(weights))
-    starting_normalization(model, cfg, str(weights))
+    model = build_model("timm:test_resnet", (3, 16, 16), 10, (0.1, 0.2, 0.3), (0.4, 0.4, 0.4))
+    stats = timm_stats(model)
     expected = model.net.pretrained_cfg
-    assert model.normalize.mean.flatten().tolist() == pytest.approx(list(expected["mean"]))
-    assert model.normalize.std.flatten().tolist() == pytest.approx(list(expected["std"]))
+    assert stats == (tuple(expected["mean"]), tuple(expected["std"]))
+    data = ((0.1, 0.2, 0.3), (0.4, 0.4, 0.4))
+    # random init or natural pretraining on this data: the data's statistics
+    assert choose_normalization("auto", "timm:test_resnet", "none", data, False, stats)[0] == data
+    # a weights file for the timm model: the statistics those weights were trained with
+    chosen, label = choose_normalization("auto", "timm:test_resnet", "rgb.safetensors", data, False, stats)
+    assert chosen == stats and "timm pretrained_cfg" in label
+    # unless the user says otherwise, or the file carries its own normalizer
+    assert choose_normalization("data", "timm:test_resnet", "rgb.safetensors", data, False, stats)[0] == data
+    assert choose_normalization("auto", "timm:test_resnet", "rgb.safetensors", data, True, stats)[0] is None
 
 
 def test_convert_writes_safetensors_and_yaml_that_reload_as_a_starting_point_and_for_eval(tmp_path, monkeypatch):

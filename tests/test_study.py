@@ -97,6 +97,25 @@ def test_status_and_export_work_without_a_cluster(study, capsys):
                         b["metrics"]["robust_acc"] > a["metrics"]["robust_acc"])
 
 
+def test_every_trial_stores_its_load_report_and_status_and_export_show_it(study, capsys):
+    """Each trial prints and stores what loading its starting point did (issue 11, defect 3)."""
+    from trainables.load_report import read_report
+
+    records = StudyRecords(study, tensorboard=False).load()
+    reports = [read_report(r.directory) for r in records]
+    assert all(rep is not None for rep in reports)
+    for rep in reports:  # the study's naturally pretrained starting point fits completely
+        assert rep.source.endswith("best.pt") and rep.format == "advtune" and rep.fraction == 1.0
+        assert not rep.missing and not rep.unexpected and rep.normalization == "the checkpoint's own"
+    assert main(["status", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert f"starting point (every trial): {reports[0].short()}" in out
+    out_dir = study.parent / "exp-load"
+    assert main(["export", str(study), "--out", str(out_dir)]) == 0
+    entry = yaml.safe_load((out_dir / "best.yaml").read_text())["entries"][0]
+    assert entry["load_report"]["fraction"] == 1.0 and entry["load_report"]["loaded"] == reports[0].loaded
+
+
 def test_exported_config_reruns_to_the_same_robust_accuracy(study, tmp_path):
     out_dir = tmp_path / "exp"
     assert main(["export", str(study), "--out", str(out_dir)]) == 0

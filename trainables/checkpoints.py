@@ -18,12 +18,13 @@ import pickle
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .load_report import LoadReport, _short, loaded_fraction
 
 __all__ = ["CheckpointError", "LoadReport", "load_file", "save_atomic", "versions", "load_starting_point",
            "extract_state_dict", "FORMAT"]
@@ -120,35 +121,6 @@ def _unpickler_reason(message: str) -> str:
     return lines[0] if lines else "unpickling failed"
 
 
-@dataclass
-class LoadReport:
-    """What a partial load did: keys loaded, missing from the file, unexpected, shape-mismatched."""
-
-    source: str
-    format: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    reinitialized: list[str] = field(default_factory=list)
-    normalizer: bool = False
-
-    def summary(self) -> str:
-        parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({self.format})"]
-        if self.normalizer:
-            parts.append("normalization taken from the checkpoint")
-        if self.reinitialized:
-            parts.append(f"re-initialised (shape differs, e.g. a new class count): {', '.join(self.reinitialized)}")
-        if self.missing:
-            parts.append(f"missing from the file (left as initialised): {_short(self.missing)}")
-        if self.unexpected:
-            parts.append(f"in the file but not in the model (ignored): {_short(self.unexpected)}")
-        return "; ".join(parts)
-
-
-def _short(keys: list[str], n: int = 6) -> str:
-    return ", ".join(keys[:n]) + (f" … (+{len(keys) - n})" if len(keys) > n else "")
-
-
 def extract_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str]:
     """Find the state dict inside a loaded checkpoint object and name its format."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -169,65 +141,92 @@ def extract_state_dict(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], 
                           "(expected an advtune checkpoint, a state dict, or a dict with a 'model'/'state_dict' key)")
 
 
-def _canonical(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Strip wrapper prefixes: returns (network weights, normalizer tensors)."""
+def _canonical(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                   dict[str, torch.Tensor]]:
+    """Strip wrapper prefixes: returns (network weights, normalizer tensors, other top-level tensors).
+
+    The last holds what advtune's NormalizedModel keeps beside ``net`` and ``normalize`` (e.g.
+    ``functional_act.log_beta``, the learned beta of a swapped functional ReLU)."""
     keys = list(state)
     if all(k.startswith("module.") for k in keys):
         state = {k[len("module."):]: v for k, v in state.items()}
     if any(k.startswith("model.") for k in state) and any(k.startswith(("attacker.", "normalizer.")) for k in state):
         normalizer = {k.split(".")[-1]: v for k, v in state.items() if k.startswith("normalizer.")}
         net = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-        return net, normalizer
+        return net, normalizer, {}
     if any(k.startswith("net.") for k in state):  # advtune's own NormalizedModel layout
         normalizer = {k.split(".")[-1]: v for k, v in state.items() if k.startswith("normalize.")}
         net = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
         rest = {k: v for k, v in state.items() if not k.startswith(("net.", "normalize."))}
-        net.update({f"__top__.{k}": v for k, v in rest.items()})
-        return net, normalizer
-    return state, {}
+        return net, normalizer, rest
+    return state, {}, {}
 
 
-def load_starting_point(model: nn.Module, path: str | Path, trust: bool = False, min_fraction: float = 0.5) -> LoadReport:
+def load_starting_point(model: nn.Module, path: str | Path, trust: bool = False, min_fraction: float = 0.75,
+                        require_all: bool = False) -> LoadReport:
     """Load the weights in ``path`` into ``model`` (a NormalizedModel), as far as they fit.
 
-    Raises :class:`CheckpointError` when less than ``min_fraction`` of the model's tensors could
-    be loaded: that is a different architecture, not a partial load.
+    Raises :class:`CheckpointError` (and leaves ``model`` untouched) when less than
+    ``min_fraction`` (0..1) of the model's tensors outside the classifier head could be loaded
+    (see :func:`trainables.load_report.loaded_fraction`), or, with ``require_all`` (evaluating a
+    checkpoint as it is), when any tensor that changes the model's output is not in the file.
+    Top-level tensors beside the network (a swapped functional activation's parameters) load too.
     """
     obj = load_file(path, trust)
     state, fmt = extract_state_dict(obj, str(path))
-    net_state, normalizer = _canonical(state)
+    net_state, normalizer, top_state = _canonical(state)
     target = model.net.state_dict()
+    top_target = {k: v for k, v in model.state_dict().items() if not k.startswith(("net.", "normalize."))}
     report = LoadReport(source=str(path), format=fmt)
-    to_load = {}
+    to_load, top_load = {}, {}
     for key, value in net_state.items():
-        if key.startswith("__top__."):
-            continue
         if key not in target:
             report.unexpected.append(key)
         elif target[key].shape != value.shape:
             report.reinitialized.append(key)
         else:
             to_load[key] = value
-    report.missing = [k for k in target if k not in net_state]
+    for key, value in top_state.items():
+        if key in top_target and top_target[key].shape == value.shape:
+            top_load[key] = value
+        else:
+            report.unexpected.append(key)
+    report.missing = [k for k in target if k not in net_state] + [k for k in top_target if k not in top_state]
+    report.fraction, report.counted = loaded_fraction(model.net, list(to_load))
     n_params = len(target)
-    if len(to_load) < min_fraction * n_params and report.reinitialized and not report.unexpected \
+    if report.fraction < min_fraction and report.reinitialized and not report.unexpected \
             and len(to_load) + len(report.reinitialized) == n_params:
         shapes = "; ".join(f"{k} {tuple(net_state[k].shape)} vs {tuple(target[k].shape)}" for k in report.reinitialized[:2])
         raise CheckpointError(
-            f"checkpoint {path} fits this model except for tensors of another shape ({shapes}): its classifier was "
-            "trained for another class count than this data has. Evaluate it on its own data (--config), or fine-tune "
-            "it here (advtune train --set pretrained=FILE), which replaces the head")
-    if len(to_load) < min_fraction * n_params:
+            f"checkpoint {path} fits this model except for tensors of another shape ({shapes}): it was trained for "
+            "other inputs or another class count than this data has. Evaluate it on its own data (--config), or "
+            "fine-tune it here (advtune train --set pretrained=FILE)")
+    if report.fraction < min_fraction:
         raise CheckpointError(
             f"checkpoint {path} does not fit this model: only {len(to_load)} of its {n_params} tensors match by name "
-            f"and shape (first unmatched: {_short(report.unexpected or report.reinitialized or report.missing, 3)}). "
-            "Choose the architecture the checkpoint was trained with (--set model=...)")
+            f"and shape, {100 * report.fraction:.0f}% of the {report.counted} outside the classifier head, below "
+            f"min_loaded_fraction={min_fraction:g} (first unmatched: "
+            f"{_short(report.unexpected or report.reinitialized or report.missing, 3)}). Choose the architecture the "
+            "checkpoint was trained with (--set model=...), or, to fine-tune from this partial load on purpose, lower "
+            "the bar: --set min_loaded_fraction=F (0..1)")
+    if require_all:
+        if report.reinitialized:
+            raise CheckpointError(f"checkpoint {path} does not match this data's class count or input shape "
+                                  f"({report.summary()}); evaluate it with the config of the data it was trained on")
+        absent = [k for k in report.missing + report.reinitialized if not k.endswith("num_batches_tracked")]
+        if absent:
+            raise CheckpointError(
+                f"checkpoint {path} does not hold every tensor of this model, so it cannot be evaluated as it is: "
+                f"{_short(absent, 4)} not loaded ({len(report.unexpected)} unexpected keys: "
+                f"{_short(report.unexpected, 3) or 'none'}). Check the config's model and activation match the checkpoint")
     model.net.load_state_dict(to_load, strict=False)
+    if top_load:
+        model.load_state_dict(top_load, strict=False)
     mean, std = normalizer.get("new_mean", normalizer.get("mean")), normalizer.get("new_std", normalizer.get("std"))
     if mean is not None and std is not None and mean.numel() == model.normalize.mean.numel():
         with torch.no_grad():
             model.normalize.mean.copy_(mean.view_as(model.normalize.mean))
             model.normalize.std.copy_(std.view_as(model.normalize.std))
         report.normalizer = True
-    report.loaded = list(to_load)
+    report.loaded = list(to_load) + list(top_load)
     return report

@@ -82,6 +82,9 @@ class TrialConfig:
     activation: str = _f("relu", "relu | silu | gelu | softplus | elu | psoftplus (every ReLU is swapped)")
     pretrained: str | None = _f("auto", "checkpoint path (.pt, .ckpt, .safetensors) | torchvision:DEFAULT | auto (natural pretraining, cached) | none")
     trust_checkpoint: bool = _f(False, "allow full unpickling of `pretrained` (runs code in the file: trusted files only)")
+    # starting-point loading (load report, normalization): trainables/load_report.py, normalization.py
+    min_loaded_fraction: float = _f(0.75, "refuse a starting point that fills less than this share (0..1) of the model's tensors outside the classifier head (BN counters, psoftplus betas not counted); lower it for a deliberate partial load")
+    normalization: str = _f("auto", "auto | data | imagenet | 'm1,m2,m3/s1,s2,s3' (per-channel mean/std, [0,1] pixel units); auto: the checkpoint's own, torchvision weights' own (ImageNet), else the train split's")
     pretrain_epochs: int = _f(15, "epochs of natural training when pretrained=auto")
     pretrain_lr: float = _f(0.05, "peak LR of natural pretraining (cosine schedule)")
 
@@ -410,6 +413,13 @@ def _validate(cfg: TrialConfig) -> None:
     _range(cfg, "backbone_lr_mult", 0, 100)
     _range(cfg, "co_gap", 0, 1)
     _range(cfg, "co_drop", 0, 1)
+    _range(cfg, "min_loaded_fraction", 0, 1)
+    from .normalization import parse_normalization
+
+    try:
+        parse_normalization(cfg.normalization)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if any(not 0 < m < 1 for m in cfg.milestones) or list(cfg.milestones) != sorted(cfg.milestones):
         raise ConfigError(f"config field 'milestones' = {list(cfg.milestones)} must be increasing fractions in (0,1), e.g. [0.5, 0.75]")
     if cfg.dataset == "imagefolder" and not cfg.data_root:

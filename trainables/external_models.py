@@ -13,7 +13,7 @@ it in eval mode on a dummy batch of two images and refuses one whose output is n
 ``model: "timm:<name>"`` builds ``timm.create_model(name, pretrained=False, num_classes=K,
 in_chans=C)`` (plus ``img_size=(H, W)`` for the models that take one, e.g. ViTs): random weights,
 nothing is downloaded; weights come from a file given as ``pretrained`` (see
-:func:`starting_normalization` for which mean/std the normalization layer then uses).
+:func:`timm_stats` for the mean/std its weights expect; trainables/normalization.py chooses).
 
 The classifier (for ``finetune_scope``, ``backbone_lr_mult`` and a new class count) is
 ``head_module`` when the config names one; otherwise timm's own ``pretrained_cfg["classifier"]``,
@@ -30,7 +30,7 @@ from .checkpoints import CheckpointError
 from .config import ConfigError, TrialConfig
 from .user_code import resolve
 
-__all__ = ["build_external_net", "classifier_name", "check_output", "starting_normalization"]
+__all__ = ["build_external_net", "classifier_name", "check_output", "refuse_timm_download", "timm_stats"]
 
 SIGNATURE = "function(num_classes: int, input_shape: tuple[int, int, int]) -> torch.nn.Module"
 
@@ -115,15 +115,9 @@ def classifier_name(net: nn.Module, head_module: str | None) -> str | None:
     return None
 
 
-def starting_normalization(model: nn.Module, cfg: TrialConfig, pretrained: str | None) -> None:
-    """The normalization a timm model's weights expect.
-
-    With ``pretrained`` a weights file for a ``timm:`` model, the normalization layer takes timm's
-    ``pretrained_cfg`` mean/std (the statistics those weights were trained with); a file that carries
-    its own normalizer (an advtune checkpoint) then overrides them when it loads. With random
-    initialisation (``none``) or ``auto`` (natural pretraining on this data) it keeps the data's
-    statistics. ``pretrained: timm:...`` is refused: advtune never downloads weights.
-    """
+def refuse_timm_download(cfg: TrialConfig, pretrained: str | None) -> None:
+    """``pretrained: timm:...`` is refused: advtune never downloads weights; the message says where
+    to get the file to pass instead."""
     if pretrained and pretrained.startswith("timm:"):
         arch = cfg.model[5:] if cfg.model.startswith("timm:") else "NAME"
         raise CheckpointError(
@@ -131,11 +125,14 @@ def starting_normalization(model: nn.Module, cfg: TrialConfig, pretrained: str |
             f"yourself, e.g. `huggingface-cli download timm/{arch} model.safetensors`, or take model.safetensors from "
             "your Hugging Face cache (~/.cache/huggingface/hub/models--timm--*/snapshots/*/), and pass "
             "--set pretrained=PATH/model.safetensors")
-    if not cfg.model.startswith("timm:") or pretrained in (None, "none", "auto"):
-        return
-    pcfg = getattr(model.net, "pretrained_cfg", None) or {}
+
+
+def timm_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean/std a timm network's weights were trained with (its ``pretrained_cfg``), when they have
+    as many channels as the model's input; None for other networks (see trainables/normalization.py)."""
+    pcfg = getattr(getattr(model, "net", model), "pretrained_cfg", None) or {}
     mean, std = pcfg.get("mean"), pcfg.get("std")
-    if mean is not None and std is not None and len(mean) == len(std) == model.normalize.mean.numel():
-        with torch.no_grad():
-            model.normalize.mean.copy_(torch.tensor(mean, dtype=torch.float32).view_as(model.normalize.mean))
-            model.normalize.std.copy_(torch.tensor(std, dtype=torch.float32).view_as(model.normalize.std))
+    n = model.normalize.mean.numel() if hasattr(model, "normalize") else None
+    if mean is None or std is None or len(mean) != len(std) or (n is not None and len(mean) != n):
+        return None
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -143,7 +143,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
     """Train ``config`` to the end (or until stopped), reporting to ``reporter``. Resumes from a
     checkpoint folder or ``last.pt`` given as ``resume_from``. Returns a summary dict."""
     cfg = config
-    prep = prepare(cfg)
+    prep = prepare(cfg, on_load=getattr(reporter, "on_load_report", None))  # print + store the load report
     device, model = prep.device, prep.model
     train_split = to_device(prep.splits.train, device)
     val_split = to_device(prep.splits.val, device)

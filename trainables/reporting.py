@@ -65,6 +65,14 @@ class LocalReporter:
         if self.echo:
             print(format_metrics(metrics), flush=True)
 
+    def on_load_report(self, report) -> None:
+        """The starting point's load report: printed (if ``echo``) and kept as ``load_report.json``."""
+        from .load_report import write_report
+
+        write_report(report, self.out_dir)
+        if self.echo:
+            print(f"starting point: {report.summary()}", flush=True)
+
     def _reported(self, epoch: float) -> bool:
         path = self.out_dir / "metrics.jsonl"
         if not path.exists():

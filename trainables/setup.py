@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .activations import swap_activations
 from .checkpoints import CheckpointError, LoadReport, load_starting_point
-from .config import TrialConfig
+from .config import ConfigError, TrialConfig
 from .data import Splits, load_splits
-from .external_models import starting_normalization
+from .external_models import refuse_timm_download, timm_stats
+from .load_report import loaded_fraction
 from .models import NormalizedModel, build_model, head, last_block
+from .normalization import choose_normalization
 
-__all__ = ["Prepared", "prepare", "resolve_device", "amp_dtype", "param_groups"]
+__all__ = ["Prepared", "prepare", "model_from_checkpoint", "apply_normalization", "resolve_device", "amp_dtype", "param_groups"]
 
 
 @dataclass
@@ -45,8 +48,13 @@ def amp_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def prepare(cfg: TrialConfig, with_starting_point: bool = True) -> Prepared:
-    """Build data and model for ``cfg``. Model initialisation is seeded with ``cfg.seed``."""
+def prepare(cfg: TrialConfig, with_starting_point: bool = True,
+            on_load: Callable[[LoadReport], None] | None = None) -> Prepared:
+    """Build data and model for ``cfg``. Model initialisation is seeded with ``cfg.seed``.
+
+    Activations are swapped *before* the starting point loads, so a checkpoint trained with a
+    learned activation (``psoftplus``) gets its betas back. ``on_load`` receives the load report
+    (the trial prints and stores it)."""
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.dataset, cfg.data_root, cfg.val_size, cfg.split_seed, download=cfg.download,
                          image_size=cfg.image_size, train_size=cfg.train_size)
@@ -57,25 +65,83 @@ def prepare(cfg: TrialConfig, with_starting_point: bool = True) -> Prepared:
         if not cfg.model.startswith("tv:"):
             raise CheckpointError(f"pretrained={pretrained!r} needs a torchvision model (--set model=tv:resnet18)")
         tv_weights = pretrained.split(":", 1)[1]
+    refuse_timm_download(cfg, pretrained)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes, splits.mean, splits.std, tv_weights,
                         head_module=cfg.head_module)
-    starting_normalization(model, cfg, pretrained)  # timm weights expect timm's mean/std
+    fresh_head = tv_weights is not None and _head_reinitialised(cfg.model, tv_weights, model)
+    if cfg.activation != "relu":
+        example = splits.train[0][0].unsqueeze(0)
+        swap_activations(model, cfg.activation, example)
     report = None
     if pretrained and pretrained not in ("none", "auto") and not pretrained.startswith("torchvision:"):
         if "://" in pretrained:  # a study's starting point in cloud storage: every node reads it from there
             from .cloud_adapter import fetch
 
             pretrained = fetch(pretrained)
-        report = load_starting_point(model, pretrained, trust=cfg.trust_checkpoint)
+        report = load_starting_point(model, pretrained, trust=cfg.trust_checkpoint, min_fraction=cfg.min_loaded_fraction)
     elif pretrained == "auto":
         from .pretrain import ensure_pretrained
 
-        report = load_starting_point(model, ensure_pretrained(cfg), trust=False)
-    if cfg.activation != "relu":
-        example = splits.train[0][0].unsqueeze(0)
-        swap_activations(model, cfg.activation, example)
+        report = load_starting_point(model, ensure_pretrained(cfg), trust=False, min_fraction=cfg.min_loaded_fraction)
+    elif tv_weights is not None:
+        report = _torchvision_report(model, pretrained, fresh_head)
+    if report is not None:
+        apply_normalization(model, cfg, splits, report, pretrained)
+        if on_load is not None:
+            on_load(report)
     augment = cfg.augment if cfg.augment != "auto" else splits.augment
     return Prepared(device, splits, model, report, augment)
+
+
+def apply_normalization(model: NormalizedModel, cfg: TrialConfig, splits: Splits, report: LoadReport,
+                        pretrained: str | None) -> None:
+    """Set the normalize layer per ``cfg.normalization`` (see trainables/normalization.py) and
+    record the choice in ``report``."""
+    stats, label = choose_normalization(cfg.normalization, cfg.model, pretrained, (splits.mean, splits.std),
+                                        report.normalizer, timm_stats(model))
+    if stats is not None:
+        mean, std = stats
+        if len(mean) != model.normalize.mean.numel():
+            raise ConfigError(f"normalization {label} has {len(mean)} channels but the data has "
+                              f"{model.normalize.mean.numel()}; set normalization=data or give one value per channel")
+        with torch.no_grad():
+            model.normalize.mean.copy_(torch.tensor(mean).view_as(model.normalize.mean))
+            model.normalize.std.copy_(torch.tensor(std).view_as(model.normalize.std))
+    report.normalization = label
+
+
+def _head_reinitialised(name: str, weights: str, model: NormalizedModel) -> bool:
+    """Whether build_net replaced the head of torchvision's ``weights`` (another class count)."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name[3:])
+    chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    return head(model).out_features != len(chosen.meta["categories"])
+
+
+def _torchvision_report(model: NormalizedModel, pretrained: str, fresh_head: bool) -> LoadReport:
+    keys = list(model.net.state_dict())
+    head_keys = [k for k in keys if k.startswith(_head_prefix(model))] if fresh_head else []
+    report = LoadReport(source=pretrained, format="torchvision weights",
+                        loaded=[k for k in keys if k not in head_keys], reinitialized=head_keys)
+    report.fraction, report.counted = loaded_fraction(model.net, report.loaded)
+    return report
+
+
+def _head_prefix(model: NormalizedModel) -> str:
+    target = head(model)
+    return next(name for name, m in model.net.named_modules() if m is target) + "."
+
+
+def model_from_checkpoint(path: str, cfg: TrialConfig, trust: bool = False) -> tuple[Prepared, LoadReport]:
+    """The model of ``cfg`` holding exactly the weights in ``path``, as ``advtune eval`` uses it:
+    activations swapped first, every tensor loaded (else CheckpointError), normalization chosen
+    as training chose it."""
+    prep = prepare(cfg.replace(pretrained="none"), with_starting_point=False)
+    report = load_starting_point(prep.model, path, trust=trust, min_fraction=cfg.min_loaded_fraction,
+                                 require_all=True)
+    apply_normalization(prep.model, cfg, prep.splits, report, path)
+    return prep, report
 
 
 def param_groups(model: NormalizedModel, cfg: TrialConfig) -> list[dict]:

@@ -30,6 +30,13 @@ class TuneReporter:
     def __init__(self, trial_dir: Path) -> None:
         self.trial_dir = trial_dir
 
+    def on_load_report(self, report) -> None:
+        """Printed to the trial's stdout and stored as ``<study>/trials/<id>/load_report.json``."""
+        from .load_report import write_report
+
+        write_report(report, self.trial_dir)
+        print(f"starting point: {report.summary()}", flush=True)
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray
         import torch
