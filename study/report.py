@@ -9,6 +9,8 @@ Writes into ``STUDY/report`` (or ``--out``)::
     importance.png  Optuna's fANOVA parameter importance for the study objective
     params.png      best robust accuracy against each searched parameter
     compute.png     grad passes per trial against the cost without pruning
+    strong.png      selection figure vs the final strong attack's figure per trial, with the 3-point band
+                    (only when the study has a final strong evaluation)
     index.html      all of the above (images embedded as data URIs) with a summary and the top-k table
 
 Accuracies are shown in %, epsilons in pixel units (images in [0, 1]), compute in grad passes
@@ -41,7 +43,11 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
         raise StudyError(f"--top-k {top_k} is out of range: it must be at least 1")
     marker, records = load_study(study_dir)
     spec = marker["spec"]
-    ranked = sorted((r for r in records if r.best), key=lambda r: (-r.best["robust_acc"], r.trial_id))
+    from .final_eval import load_final, rank
+    from .report_strong import strong_plot
+
+    final = load_final(study_dir)
+    ranked = rank(records, final)  # by the final strong figure where there is one, then the selection figure
     if not ranked:
         raise StudyError(f"{study_dir} has no trial with a finished validation yet; nothing to report (run "
                          f"`advtune status {study_dir}` to see its trials)")
@@ -58,8 +64,9 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
         _params(out_dir, ranked, names, _distributions(ostudy)),
         _compute(out_dir, ranked + [r for r in records if r.metrics and not r.best], spec["max_epochs"]),
     ]
+    plots += [p for p in [strong_plot(out_dir, records, final)] if p]
     summary = compute_summary(records, spec["max_epochs"])
-    page = report_html.render(marker, records, top, names, summary, plots, out_dir, study_dir)
+    page = report_html.render(marker, records, top, names, summary, plots, out_dir, study_dir, final)
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index

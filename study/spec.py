@@ -41,6 +41,10 @@ class StudySpec:
     max_failures: int
     verbose: bool = False
     assume_shared_storage: bool = False
+    # the final strong evaluation of the top trials (study/final_eval.py); studies from before it get these
+    final_attack: str = "auto"
+    final_top_k: int | None = None  # None: every trial that reached the last rung, at least 3
+    final_images: int = 512
 
     @property
     def slots(self) -> int:
@@ -99,6 +103,11 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
         raise StudyError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 allowed)")
     if 1 < args.gpus_per_trial and not float(args.gpus_per_trial).is_integer():
         raise StudyError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 a trial needs whole GPUs")
+    from .final_eval import DEFAULT_IMAGES, check_settings
+
+    final = dict(final_attack=getattr(args, "final_attack", "auto"), final_top_k=getattr(args, "final_top_k", None),
+                 final_images=getattr(args, "final_images", DEFAULT_IMAGES))
+    check_settings(final["final_attack"], final["final_top_k"], final["final_images"], args.num_samples)
     name = args.name or f"{space.name}-{base.dataset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage_path or os.environ.get("ADVTUNE_STORAGE", "advtune_runs")
     if "://" in storage:
@@ -111,7 +120,7 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                      reduction_factor=args.reduction_factor, concurrency=args.concurrency,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
                      storage_path=storage, seed=args.seed, max_failures=args.max_failures,
-                     verbose=args.verbose, assume_shared_storage=args.assume_shared_storage)
+                     verbose=args.verbose, assume_shared_storage=args.assume_shared_storage, **final)
     return spec, space
 
 
@@ -142,8 +151,21 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
         f"resources  {_cpus_text(spec)} + {spec.gpus_per_trial:g} GPU per trial; "
         f"cluster: {spec.address or 'local Ray on this machine'}",
         f"storage    {spec.storage_path}; failures retried up to {spec.max_failures}x from the last checkpoint",
+        _final_text(spec),
     ]
     return "\n".join(lines)
+
+
+def _final_text(spec: StudySpec) -> str:
+    from trainables.strong_eval import ATTACKS
+
+    from .final_eval import resolve_attack
+
+    if spec.final_attack == "none":
+        return "final      no strong evaluation (--final-attack none): trials rank by the validation attack"
+    k = spec.final_top_k or "every trial that reached the last rung (at least 3)"
+    return (f"final      top {k}: best checkpoints attacked again with {ATTACKS[resolve_attack(spec.final_attack)]} "
+            f"on the first {spec.final_images} validation images; export ranks by that")
 
 
 def _fs_type(path: Path) -> str:
