@@ -2,10 +2,13 @@
 
 For every trial's best checkpoint of the given studies, on the same first N validation images, in
 fp32: the study's validation attack (PGD-val_steps, what selected the trial), PGD-50 with 5 restarts
-(``--final-attack pgd``), APGD-CE + APGD-T (``apgd``, the default where pyautoattack is installed)
+(``--final-attack pgd``), APGD-CE alone, APGD-CE + APGD-T (``apgd``, the default where pyautoattack is installed)
 and AutoAttack standard (``autoattack``). Same seed for every attack and checkpoint.
 
-    .venv/bin/python bench/strong_attacks.py STUDY_DIR [STUDY_DIR ...] [--images 288] [--threads 1]
+    .venv/bin/python bench/strong_attacks.py STUDY_DIR [STUDY_DIR ...] [--images 128] [--top 5] [--threads 1]
+
+``--top N`` takes each study's N best trials by the selection figure (the ones a final evaluation
+attacks); the ``seconds`` are wall time on one thread (on a shared machine, compare them only as ratios).
 
 Prints one line per checkpoint and attack:
     ROW <trial> <attack> robust=<%> clean=<%> n=<images> seconds=<s>
@@ -37,6 +40,7 @@ def attacks(cfg):
                                        step=cfg.val_step_value, **kw)),
         (f"pgd-{PGD_STEPS}-{PGD_RESTARTS}",
          lambda m, s, kw: evaluate_pgd(m, s, norm, eps, steps=PGD_STEPS, restarts=PGD_RESTARTS, **kw)),
+        ("apgd-ce", lambda m, s, kw: evaluate_autoattack(m, s, norm, eps, attacks=("apgd-ce",), **kw)),
         ("apgd-ce+apgd-t", lambda m, s, kw: evaluate_autoattack(m, s, norm, eps, attacks=APGD_ATTACKS, **kw)),
         ("autoattack-standard", lambda m, s, kw: evaluate_autoattack(m, s, norm, eps, **kw)),
     ]
@@ -47,11 +51,16 @@ def main() -> None:
     ap.add_argument("studies", nargs="+")
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--top", type=int, default=None, help="each study's N best trials by the selection figure")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     robust: dict[str, dict[str, float]] = {}
     for study in map(Path, args.studies):
-        for ckpt in sorted(study.glob("trials/*/best.pt")):
+        from study.records import StudyRecords
+
+        recs = sorted((r for r in StudyRecords(study, tensorboard=False).load()
+                       if r.best and (r.directory / "best.pt").exists()), key=lambda r: -r.best["robust_acc"])
+        for ckpt in [r.directory / "best.pt" for r in recs[:args.top]]:
             trial = f"{study.name}/{ckpt.parent.name}"
             cfg, prep, model = load_trained(ckpt)
             split = first_images(prep.splits.val, args.images)

@@ -195,7 +195,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _final_args(p) -> None:
-    from .final_eval import CHOICES, DEFAULT_IMAGES
+    from .final_eval import CHOICES, CPU_IMAGES, DEFAULT_IMAGES, GPU_IMAGES
 
     p.add_argument("--final-attack", choices=CHOICES, default="auto",
                    help="strong attack the top trials must survive before export: auto (default: apgd where the "
@@ -204,7 +204,8 @@ def _final_args(p) -> None:
     p.add_argument("--final-top-k", type=int, default=None, metavar="K",
                    help="trials to evaluate (default: every trial that reached the last ASHA rung, at least 3)")
     p.add_argument("--final-images", type=int, default=DEFAULT_IMAGES, metavar="N",
-                   help=f"first N validation images, the same for every trial (default {DEFAULT_IMAGES})")
+                   help=f"the first N validation images, the same for every trial (default {CPU_IMAGES}; "
+                   f"{GPU_IMAGES} when trials have GPUs)")
 
 
 def register(sub) -> None:

@@ -9,12 +9,15 @@ Export, status, the end-of-study summary, TensorBoard and the report then rank b
 ``<study>/final_eval.json`` (written atomically after every finished task, so an interrupted
 evaluation keeps what it had; ``advtune resume`` evaluates only what is missing)::
 
-    {"settings": {"attack": "apgd", "images": 512, "top_k": null, "seed": 0},
+    {"settings": {"attack": "apgd", "images": 128, "top_k": null, "seed": 0},
      "trials": {"<trial id>": {"attack": "apgd-ce+apgd-t", "n": 288, "clean_acc": 0.9, "robust_acc": 0.41,
                                "selection_robust_acc": 0.45, "selection_epoch": 8, "gap": 0.04,
                                "flag": true, "val_attack": "pgd-10-1", "val_attack_acc": 0.45, ...}}}
 
-Accuracies are fractions in [0, 1]; ``gap`` = selection figure - strong figure.
+Accuracies are fractions in [0, 1]. ``selection_robust_acc`` is the figure the search ranked on (the
+validation attack's best, whole validation split); ``val_attack_acc`` is that attack on the strong
+attack's images, and ``gap`` = ``val_attack_acc`` - ``robust_acc``: both on the same images, so it equals
+selection - strong when the images cover the validation split.
 """
 from __future__ import annotations
 
@@ -26,18 +29,21 @@ from typing import Any
 from .errors import StudyError
 from .records import FINAL_STATES, TrialRecord
 
-__all__ = ["FILE", "CHOICES", "DEFAULT_IMAGES", "GAP_FLAG", "GAP_WARNING", "check_settings", "resolve_attack",
+__all__ = ["FILE", "CHOICES", "DEFAULT_IMAGES", "resolve_images", "GAP_FLAG", "GAP_WARNING", "check_settings", "resolve_attack",
            "candidates", "load_final", "strong_of", "rank", "strong_table", "run_final_eval", "evaluate_task"]
 
 FILE = "final_eval.json"
 CHOICES = ("auto", "autoattack", "apgd", "pgd", "none")
-DEFAULT_IMAGES = 512
+# Default images: on CPU-only trials the default study must stay about 3 minutes (docs/benchmarks.md section 6);
+# with GPUs the attack is cheap and the usual 1000 images are affordable.
+CPU_IMAGES, GPU_IMAGES = 128, 1000
+DEFAULT_IMAGES = None  # None: CPU_IMAGES, or GPU_IMAGES when trials have GPUs
 MIN_TOP_K = 3
 GAP_FLAG = 0.03  # fraction: more than 3 points between the selection figure and the strong one
 GAP_WARNING = "possible gradient masking or a weak validation attack"
 
 
-def check_settings(attack: str, top_k: int | None, images: int, num_samples: int) -> None:
+def check_settings(attack: str, top_k: int | None, images: int | None, num_samples: int) -> None:
     """Refuse final-evaluation settings that cannot work, before anything is written or started."""
     from trainables.strong_eval import NEEDS_AUTOATTACK, autoattack_installed
 
@@ -46,12 +52,17 @@ def check_settings(attack: str, top_k: int | None, images: int, num_samples: int
     if top_k is not None and not 1 <= top_k <= num_samples:
         raise StudyError(f"--final-top-k {top_k} is out of range: between 1 and the study's {num_samples} trials "
                          "(--num-samples); leave it out for every trial that reached the last ASHA rung")
-    if images < 1:
+    if images is not None and images < 1:
         raise StudyError(f"--final-images {images} is out of range: at least 1 validation image (default "
-                         f"{DEFAULT_IMAGES})")
+                         f"{CPU_IMAGES}, {GPU_IMAGES} with GPUs)")
     if attack in NEEDS_AUTOATTACK and not autoattack_installed():
         raise StudyError(f"--final-attack {attack} needs the optional AutoAttack extra, which is not installed: "
                          "pip install 'advtune[autoattack]', or choose --final-attack pgd")
+
+
+def resolve_images(images: int | None, gpus_per_trial: float) -> int:
+    """``--final-images`` left out: 128 on CPU trials, 1000 on GPU trials."""
+    return images if images is not None else (GPU_IMAGES if gpus_per_trial > 0 else CPU_IMAGES)
 
 
 def resolve_attack(attack: str) -> str:
@@ -103,7 +114,9 @@ def rank(records: list[TrialRecord], final: dict[str, Any]) -> list[TrialRecord]
 
 
 def _entry(rec: TrialRecord, result: dict[str, Any]) -> dict[str, Any]:
-    gap = rec.best["robust_acc"] - result["robust_acc"]
+    # Paired: the validation attack and the strong one on the same images, so that a subset of the
+    # validation split never shows up as a gap (equal to selection - strong when it is the whole split).
+    gap = result["val_attack_acc"] - result["robust_acc"]
     return {**result, "selection_robust_acc": rec.best["robust_acc"], "selection_epoch": rec.best["epoch"],
             "gap": gap, "flag": gap > GAP_FLAG + 1e-9}
 
@@ -117,12 +130,14 @@ def strong_table(records: list[TrialRecord], final: dict[str, Any]) -> str:
     rows = [r for r in rank(records, final) if strong_of(final, r.trial_id)]
     if not rows:
         return "no strong evaluation"
-    head = f"{'trial':<12} {'selection%':>10} {'strong%':>8} {'clean%':>7} {'gap':>6}  flag"
+    val = strong_of(final, rows[0].trial_id)["val_attack"].upper() + "%"
+    head = f"{'trial':<12} {'selection%':>10} {val:>10} {'strong%':>8} {'clean%':>7} {'gap':>6}  flag"
     lines = [head, "-" * len(head)]
     for r in rows:
         s = strong_of(final, r.trial_id)
-        lines.append(f"{r.trial_id:<12} {_pct(s['selection_robust_acc']):>10} {_pct(s['robust_acc']):>8} "
-                     f"{_pct(s['clean_acc']):>7} {100 * s['gap']:>+6.1f}  {('! ' + GAP_WARNING) if s['flag'] else ''}")
+        lines.append(f"{r.trial_id:<12} {_pct(s['selection_robust_acc']):>10} {_pct(s['val_attack_acc']):>10} "
+                     f"{_pct(s['robust_acc']):>8} {_pct(s['clean_acc']):>7} {100 * s['gap']:>+6.1f}  "
+                     f"{('! ' + GAP_WARNING) if s['flag'] else ''}")
     return "\n".join(lines)
 
 
@@ -133,8 +148,11 @@ def describe(final: dict[str, Any]) -> str:
     st = final.get("settings", {})
     ns = {e["n"] for e in (final.get("trials") or {}).values() if "n" in e}
     n = ", ".join(str(x) for x in sorted(ns)) or str(st.get("images", "?"))
+    val = next(iter(final.get("trials", {}).values()), {}).get("val_attack", "the validation attack").upper()
     return (f"strong attack: {ATTACKS.get(st.get('attack'), st.get('attack'))}, on the first {n} validation images; "
-            "selection = the validation attack's best robust accuracy (what ASHA and Optuna ranked on)")
+            "selection = the validation attack's best robust accuracy over the whole validation split (what ASHA "
+            f"and Optuna ranked on); {val} = the validation attack on the strong attack's images; gap = {val} - "
+            "strong, on the same images")
 
 
 def _save(study_dir: Path, final: dict[str, Any]) -> None:
@@ -169,7 +187,8 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
         print("final strong evaluation: not yet, the search has not finished (advtune resume finishes both)",
               flush=True)
         return None
-    attack, images = resolve_attack(attack), getattr(spec, "final_images", DEFAULT_IMAGES)
+    attack = resolve_attack(attack)
+    images = resolve_images(getattr(spec, "final_images", None), spec.gpus_per_trial)
     rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
     chosen = candidates(records, rungs[-1] if rungs else spec.max_epochs, getattr(spec, "final_top_k", None))
     settings = {"attack": attack, "images": images, "top_k": getattr(spec, "final_top_k", None), "seed": 0}

@@ -44,7 +44,7 @@ class StudySpec:
     # the final strong evaluation of the top trials (study/final_eval.py); studies from before it get these
     final_attack: str = "auto"
     final_top_k: int | None = None  # None: every trial that reached the last rung, at least 3
-    final_images: int = 512
+    final_images: int | None = None  # None: 128 validation images on CPU trials, 1000 with GPUs
 
     @property
     def slots(self) -> int:
@@ -159,13 +159,14 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
 def _final_text(spec: StudySpec) -> str:
     from trainables.strong_eval import ATTACKS
 
-    from .final_eval import resolve_attack
+    from .final_eval import resolve_attack, resolve_images
 
     if spec.final_attack == "none":
         return "final      no strong evaluation (--final-attack none): trials rank by the validation attack"
     k = spec.final_top_k or "every trial that reached the last rung (at least 3)"
+    n = resolve_images(spec.final_images, spec.gpus_per_trial)
     return (f"final      top {k}: best checkpoints attacked again with {ATTACKS[resolve_attack(spec.final_attack)]} "
-            f"on the first {spec.final_images} validation images; export ranks by that")
+            f"on the first {n} validation images; export ranks by that")
 
 
 def _fs_type(path: Path) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 __all__ = ["ATTACKS", "APGD_ATTACKS", "NEEDS_AUTOATTACK", "PGD_STEPS", "PGD_RESTARTS", "autoattack_installed",
            "strong_eval", "load_trained", "first_images"]
@@ -69,7 +69,11 @@ def load_trained(checkpoint: str | Path):
 
 def first_images(split: Dataset, images: int) -> Dataset:
     """The first ``images`` images of ``split`` (all of it when it has fewer)."""
-    return split if images >= len(split) else Subset(split, range(images))
+    if images >= len(split):
+        return split
+    if isinstance(split, TensorDataset):  # in memory: a slice, batched by indexing like the split itself
+        return TensorDataset(*(t[:images] for t in split.tensors))
+    return Subset(split, range(images))
 
 
 def strong_eval(checkpoint: str | Path, attack: str, images: int, seed: int = 0) -> dict[str, Any]:
@@ -80,10 +84,16 @@ def strong_eval(checkpoint: str | Path, attack: str, images: int, seed: int = 0)
     trial's own validation attack on the same images), ``norm``, ``eps`` (pixel units),
     ``seconds`` (wall time of the attacks), ``device``.
     """
-    from .evaluate import evaluate_autoattack, evaluate_pgd
-
     if attack not in ATTACKS:
         raise ValueError(f"unknown strong attack {attack!r}; one of {', '.join(ATTACKS)}")
+    # building the model seeds torch, batching a Subset draws a seed: leave the caller's stream alone
+    with torch.random.fork_rng(devices=[]):
+        return _strong_eval(checkpoint, attack, images, seed)
+
+
+def _strong_eval(checkpoint: str | Path, attack: str, images: int, seed: int) -> dict[str, Any]:
+    from .evaluate import evaluate_autoattack, evaluate_pgd
+
     cfg, prep, model = load_trained(checkpoint)
     split = first_images(prep.splits.val, images)
     kw = dict(batch_size=cfg.eval_batch_size, device=prep.device, seed=seed)
