@@ -66,6 +66,9 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         _ensure_pretrained(tb, spec, pretrain_cfg)
         tuner = tb.restore_tuner(spec, study_dir) if resume else tb.make_tuner(spec, space, study_dir)
         tb.fit(tuner)
+        from .final_eval import run_final_eval
+
+        run_final_eval(tb, spec, study_dir)
     finally:
         if started:
             import ray
@@ -77,16 +80,20 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         raise StudyError(f"the study in {study_dir} ran no trial; see the messages above")
     summary = compute_summary(records, spec.max_epochs)
     paths = export(study_dir, top_k=3)
+    from .final_eval import describe as describe_final, load_final, rank, strong_of, strong_table
     from .objectives import parse_objective, search_front
 
     objective = parse_objective(spec.objective)
-    best = min((r for r in records if r.best), key=objective.rank_key, default=None)
+    final = load_final(study_dir)
+    best = next(iter(rank(records, final, objective)), None)
     print("\n" + "=" * 78)
     print(f"study {spec.name}: {summary['trials']} trials, {summary['pruned']} stopped early by ASHA, "
           f"{wall:.0f} s wall")
     if best is not None:
-        print(f"best trial {best.trial_id} ({best.state}): robust val acc {100 * best.best['robust_acc']:.1f}%, "
-              f"clean val acc {100 * best.best['clean_acc']:.1f}% at epoch {best.best['epoch']:g}")
+        strong = strong_of(final, best.trial_id)
+        print(f"best trial {best.trial_id} ({best.state}): robust val acc {100 * best.best['robust_acc']:.1f}%"
+              + (f" (strong attack {100 * strong['robust_acc']:.1f}%)" if strong else "")
+              + f", clean val acc {100 * best.best['clean_acc']:.1f}% at epoch {best.best['epoch']:g}")
         print("best config (searched values): " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
         if not objective.feasible(best):
             print(f"no trial kept clean val acc >= {100 * objective.min_clean:g}%: the one above is the most robust")
@@ -105,6 +112,8 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         print(f"study in {spec.location} (records staged in {study_dir})")
     print(f"export: {paths[0]}  (rerun: advtune train --config {paths[1]})")
     print(f"compare: tensorboard --logdir {study_dir}")
+    if final.get("trials"):
+        print(f"\nstrong evaluation ({describe_final(final)}; ranked by strong%):\n{strong_table(records, final)}")
     return 0
 
 
@@ -191,6 +200,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise StudyError(f"{study_dir} holds no Ray Tune state to resume (the study never started); start it again "
                          "with advtune run")
     spec = StudySpec.from_dict(marker["spec"])
+    from .final_eval import check_settings
+
+    check_settings(spec.final_attack, spec.final_top_k, spec.final_images, spec.num_samples)  # before Ray starts
     if args.address is not None:
         from dataclasses import replace
 
@@ -245,7 +257,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     summary = compute_summary(records, spec["max_epochs"])
     print(f"study {spec['name']}: {len(records)} of {spec['num_samples']} trials recorded, "
           f"{summary['pruned']} pruned by ASHA")
-    print(status_table(records))
+    from .final_eval import describe as describe_final, load_final
+
+    final = load_final(study_dir)
+    print(status_table(records, final))
+    print(f"robust% = selection figure; strong% = {describe_final(final)}" if final.get("trials") else
+          "robust% = the validation attack's best; no final strong evaluation yet (advtune resume runs it)")
     _print_load_reports(records)
     return 0
 
@@ -292,6 +309,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _final_args(p) -> None:
+    from .final_eval import CHOICES, CPU_IMAGES, DEFAULT_IMAGES, GPU_IMAGES
+
+    p.add_argument("--final-attack", choices=CHOICES, default="auto",
+                   help="strong attack the top trials must survive before export: auto (default: apgd where the "
+                   "autoattack extra is installed, else pgd), autoattack (standard), apgd (APGD-CE + APGD-T), pgd "
+                   "(PGD-50, 5 restarts), none")
+    p.add_argument("--final-top-k", type=int, default=None, metavar="K",
+                   help="trials to evaluate (default: every trial that reached the last ASHA rung, at least 3)")
+    p.add_argument("--final-images", type=int, default=DEFAULT_IMAGES, metavar="N",
+                   help=f"the first N validation images, the same for every trial (default {CPU_IMAGES}; "
+                   f"{GPU_IMAGES} when trials have GPUs)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("run", help="launch an LR-schedule/epsilon search (Ray Tune + Optuna TPE + ASHA)",
                        description="Launch a study. With no arguments: local Ray, digits, a naturally pretrained "
@@ -332,6 +363,7 @@ def register(sub) -> None:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
     p.add_argument("--dry-run", action="store_true", help="print the resolved study and exit")
     p.add_argument("--verbose", action="store_true", help="Ray Tune's own output too")
+    _final_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted study (only directories advtune wrote)")

@@ -24,13 +24,21 @@ def _pct(v: Any) -> str:
     return f"{100 * v:5.1f}" if isinstance(v, (int, float)) else "  -  "
 
 
-def status_table(records: list[TrialRecord]) -> str:
-    head = f"{'trial':<20} {'state':<25} {'epochs':>6} {'robust%':>8} {'clean%':>7} {'grad passes':>12}  why stopped"
+def status_table(records: list[TrialRecord], final: dict[str, Any] | None = None) -> str:
+    """One row per trial, ranked by the strong figure (``final``: the study's final evaluation), then,
+    for trials without one, by the selection figure (robust% = the validation attack's best)."""
+    from .final_eval import GAP_WARNING, rank, strong_of
+
+    final = final or {}
+    head = (f"{'trial':<20} {'state':<25} {'epochs':>6} {'robust%':>8} {'strong%':>8} {'clean%':>7} "
+            f"{'grad passes':>12}  why stopped")
     rows = [head, "-" * len(head)]
-    for r in sorted(records, key=lambda r: -((r.best or {}).get("robust_acc", -1))):
-        best = r.best or {}
+    for r in rank(records, final) + [r for r in records if not r.best]:
+        best, strong = r.best or {}, strong_of(final, r.trial_id) or {}
+        flag = f"  ! strong {100 * strong['gap']:.1f} points below: {GAP_WARNING}" if strong.get("flag") else ""
         rows.append(f"{r.trial_id:<20} {r.state:<25} {r.epochs_run:>6g} {_pct(best.get('robust_acc')):>8} "
-                    f"{_pct(best.get('clean_acc')):>7} {r.grad_passes:>12,}  {r.stop_reason}")
+                    f"{_pct(strong.get('robust_acc')):>8} {_pct(best.get('clean_acc')):>7} {r.grad_passes:>12,}  "
+                    f"{r.stop_reason}{flag}")
     return "\n".join(rows)
 
 
@@ -51,16 +59,23 @@ def trial_config(marker: dict[str, Any], rec: TrialRecord) -> TrialConfig:
     return TrialConfig.from_dict(marker["spec"]["base_config"]).replace(**marker.get("space_base", {}), **rec.params)
 
 
-def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path) -> dict[str, Any]:
+def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path,
+           strong: dict[str, Any] | None = None) -> dict[str, Any]:
+    from .final_eval import GAP_WARNING
+
     cfg = trial_config(marker, rec)
     best = rec.best or {}
+    strong_metrics = {"strong_robust_acc": None} if strong is None else {
+        "strong_robust_acc": strong["robust_acc"], "strong_clean_acc": strong["clean_acc"],
+        "strong_attack": strong["attack"], "strong_images": strong["n"], "strong_gap": strong["gap"],
+        **({"warning": GAP_WARNING} if strong["flag"] else {})}
     return {
         "trial_id": rec.trial_id,
         "state": rec.state,
         "stop_reason": rec.stop_reason,
         "params": rec.params,
         "metrics": {"epoch": best.get("epoch"), "clean_acc": best.get("clean_acc"), "robust_acc": best.get("robust_acc"),
-                    "grad_passes_total": rec.grad_passes, "epochs_run": rec.epochs_run},
+                    "grad_passes_total": rec.grad_passes, "epochs_run": rec.epochs_run, **strong_metrics},
         "checkpoint": _checkpoint(study_dir, marker, rec),
         "command": f"advtune train --config {path} --out runs/rerun-{rec.trial_id}",
         "config": cfg.to_dict(),
@@ -100,19 +115,24 @@ def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool | None = No
     ranked = [r for r in records if r.best]
     if not ranked:
         raise StudyError(f"{study_dir} has no trial with a finished validation yet; nothing to export")
+    from .final_eval import load_final, rank, strong_of
+
+    final = load_final(study_dir)
     objective = objective_of(marker)
     pareto_front = objective.multi if pareto_front is None else pareto_front
     front = search_front(study_dir, marker, ranked) if pareto_front else None
+    by = ("strong_robust_acc (the final strong evaluation), then trials without one by robust_acc"
+          if final.get("trials") else "best robust_acc (no final strong evaluation)")
     selection = (f"pareto front the search found ({objective.text})" if front else "pareto") if pareto_front \
-        else f"top-{top_k} by best robust_acc" + ("" if objective.min_clean is None else f", {objective.text} first")
-    chosen = (front or pareto(ranked)) if pareto_front else sorted(ranked, key=objective.rank_key)[:top_k]
+        else f"top-{top_k} by {by}" + ("" if objective.min_clean is None else f", {objective.text} first")
+    chosen = (front or pareto(ranked)) if pareto_front else rank(ranked, final, objective)[:top_k]
     out_dir = Path(out) if out else study_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "json" if fmt == "json" else "yaml"
     written, entries = [], []
-    for rank, rec in enumerate(chosen, 1):
-        path = (out_dir / entry_name(rank, rec.trial_id, ext)).resolve()
-        entry = {"rank": rank, **_entry(study_dir, marker, rec, path)}
+    for i, rec in enumerate(chosen, 1):
+        path = (out_dir / entry_name(i, rec.trial_id, ext)).resolve()
+        entry = {"rank": i, **_entry(study_dir, marker, rec, path, strong_of(final, rec.trial_id))}
         _dump(entry, path, fmt)
         entries.append(entry)
         written.append(path)

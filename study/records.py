@@ -27,6 +27,10 @@ MARKER = "advtune_study.json"
 FINAL_STATES = ("completed", "pruned", "diverged", "catastrophic_overfitting", "error")
 _TB_METRICS = ("best/robust_acc", "best/clean_acc", "final/robust_acc", "final/clean_acc", "final/grad_passes",
                "epochs_run")
+# Written later, by the study's final strong evaluation (study/final_eval.py), for the trials it evaluates.
+# Declared in every trial's HParams session from the start: TensorBoard takes the metric columns from one
+# trial's session and keeps the first HParams summary of a run, so they cannot be added afterwards.
+STRONG_METRICS = ("final/strong_robust_acc", "final/strong_gap")
 
 
 def read_marker(study_dir: str | Path) -> dict[str, Any]:
@@ -151,11 +155,22 @@ class StudyRecords:
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in rec.params.items()}
         hp["state"] = rec.state
         w = self._writer(rec.trial_id)
-        for summary in hparams(hp, values):
+        for summary in hparams(hp, {**values, **dict.fromkeys(STRONG_METRICS, 0.0)}):  # names only
             w.file_writer.add_summary(summary)
         step = int(rec.epochs_run) if rec.metrics else 0
         for k, v in values.items():
             w.add_scalar(k, v if math.isfinite(v) else 0.0, step)
+        w.flush()
+
+    def on_strong_eval(self, trial_id: str, robust_acc: float, gap: float) -> None:
+        """The trial's strong robust accuracy and its gap to the selection figure (fractions), as the
+        HParams metrics its session declared; at the step of its last epoch."""
+        if not self.tensorboard:
+            return
+        w = self._writer(trial_id)
+        step = int(self.load_trial(trial_id).epochs_run)
+        for name, value in zip(STRONG_METRICS, (robust_acc, gap)):
+            w.add_scalar(name, value, step)
         w.flush()
 
     # --- reading ---------------------------------------------------------------------------------------

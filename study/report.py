@@ -10,6 +10,8 @@ Writes into ``STUDY/report`` (or ``--out``)::
     interaction.png the two most important parameters against each other, coloured by robust accuracy
     params.png      best robust accuracy against each searched parameter
     compute.png     grad passes per trial against the cost without pruning
+    strong.png      selection figure vs the final strong attack's figure per trial, with the 3-point band
+                    (only when the study has a final strong evaluation)
     index.html      all of the above (images embedded as data URIs) with a summary and the top-k table
 
 Accuracies are shown in %, epsilons in pixel units (images in [0, 1]), compute in grad passes
@@ -44,8 +46,13 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
         raise StudyError(f"--top-k {top_k} is out of range: it must be at least 1")
     marker, records = load_study(study_dir)
     spec = marker["spec"]
+    from .final_eval import load_final, rank
+    from .report_strong import strong_plot
+
     objective = objective_of(marker)
-    ranked = sorted((r for r in records if r.best), key=objective.rank_key)  # robust:clean>=X: feasible first
+    final = load_final(study_dir)
+    # by the final strong figure where there is one, then the selection figure (robust:clean>=X: feasible first)
+    ranked = rank(records, final, objective)
     if not ranked:
         raise StudyError(f"{study_dir} has no trial with a finished validation yet; nothing to report (run "
                          f"`advtune status {study_dir}` to see its trials)")
@@ -69,10 +76,11 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
         _params(out_dir, ranked, names, dists),
         _compute(out_dir, ranked + [r for r in records if r.metrics and not r.best], spec["max_epochs"]),
     ]
+    plots += [p for p in [strong_plot(out_dir, records, final)] if p]
     summary = compute_summary(records, spec["max_epochs"])
     notes = {imp_png: f" Caveat: {caveat}." if caveat else "", int_png: f" Shown: {pair}." if pair else ""}
     sections = [report_html.front_section(front, study_dir)] if front else []
-    page = report_html.render(marker, records, top, names, summary, plots, out_dir, study_dir, notes=notes,
+    page = report_html.render(marker, records, top, names, summary, plots, out_dir, study_dir, final, notes=notes,
                               sections=sections)
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -37,6 +37,11 @@ CAPTIONS = {
     "params.png": ("best robust accuracy against each searched parameter",
                    "One panel per searched parameter: each point is a trial's best robust accuracy at the value it "
                    "tried; the ringed point is the best trial. Pruned trials ran fewer epochs, so tend to sit lower."),
+    "strong.png": ("selection figure against the final strong attack's figure per trial, with the 3-point band",
+                   "One point per trial the study attacked again after the search: across, the best robust accuracy "
+                   "under the validation attack that selected it; up, its robust accuracy under the final strong "
+                   "attack on validation images. On the line the pick holds; in the shaded band it lost at most 3 "
+                   "points; ringed points lost more (possible gradient masking or a weak validation attack)."),
     "compute.png": ("grad passes spent per trial and in total against the no-pruning cost",
                     "Coloured bars: grad passes each trial spent; hatched bars: what it would have cost run to the "
                     "last epoch. Right: the study's total against running every trial to the end."),
@@ -106,16 +111,17 @@ def _summary(marker: dict[str, Any], records: list[TrialRecord], top: list[Trial
     ]
 
 
-def _table(top: list[TrialRecord], names: list[str]) -> str:
+def _table(top: list[TrialRecord], names: list[str], final: dict[str, Any] | None = None) -> str:
+    from .final_eval import strong_of
     from .report import STATE_COLORS
 
-    head = ["rank", "trial", "state", "best robust %", "clean %", "epoch", "epochs run"] + names
+    head = ["rank", "trial", "state", "best robust %", "strong robust %", "gap", "clean %", "epoch", "epochs run"] + names
     rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for rank, r in enumerate(top, 1):
         dot = f'<span class="state" style="background:{STATE_COLORS.get(r.state, "grey")}"></span>'
         cells = [f'<td class="num">{rank}</td>', f"<td><code>{_e(r.trial_id)}</code></td>",
                  f"<td>{dot}{_e(r.state.replace('_', ' '))}</td>",
-                 f'<td class="num">{_pct(r.best["robust_acc"])}</td>',
+                 f'<td class="num">{_pct(r.best["robust_acc"])}</td>', _strong_cells(strong_of(final or {}, r.trial_id)),
                  f'<td class="num">{_pct(r.best["clean_acc"])}</td>',
                  f'<td class="num">{_fmt(r.best["epoch"])}</td>', f'<td class="num">{_fmt(r.epochs_run)}</td>']
         cells += [f'<td class="num">{_e(_fmt(r.params[n])) if n in r.params else "-"}</td>' for n in names]
@@ -140,9 +146,18 @@ def front_section(front: list[TrialRecord], study_dir: Path) -> str:
             "</code> (which <code>advtune run</code> already did).</p>\n<table>\n" + "\n".join(rows) + "\n</table>")
 
 
+def _strong_cells(strong: dict[str, Any] | None) -> str:
+    if strong is None:
+        return '<td class="num">-</td><td class="num">-</td>'
+    warn = ' title="possible gradient masking or a weak validation attack" style="color:#D55E00"' if strong["flag"] else ""
+    return (f'<td class="num">{_pct(strong["robust_acc"])}</td>'
+            f'<td class="num"{warn}>{100 * strong["gap"]:+.1f}{" !" if strong["flag"] else ""}</td>')
+
+
 def render(marker: dict[str, Any], records: list[TrialRecord], top: list[TrialRecord], names: list[str],
-           summary: dict[str, float], plots: list[str], out_dir: Path, study_dir: Path, *,
-           notes: dict[str, str] | None = None, sections: list[str] | None = None) -> str:
+           summary: dict[str, float], plots: list[str], out_dir: Path, study_dir: Path,
+           final: dict[str, Any] | None = None, *, notes: dict[str, str] | None = None,
+           sections: list[str] | None = None) -> str:
     """The whole page as a string; ``plots`` are PNG file names already written in ``out_dir``;
     ``notes`` extend a plot's caption (plain text), ``sections`` are HTML blocks put before the plots."""
     name = marker["spec"]["name"]
@@ -170,8 +185,9 @@ never touches the test set); the PNG files beside this page are the same plots.<
 <ul class="summary">
 {items}
 </ul>
-<h2>Top {len(top)} trials by best robust validation accuracy</h2>
-{_table(top, names)}
+<h2>Top {len(top)} trials by {"the final strong attack's robust accuracy" if (final or {}).get("trials")
+                             else "best robust validation accuracy"}</h2>
+{_table(top, names, final)}
 <p class="meta">Export them as configs that <code>advtune train --config</code> reruns:
 <code>{_e(rerun)}</code></p>
 {chr(10).join(sections or [])}

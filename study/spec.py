@@ -45,6 +45,10 @@ class StudySpec:
     sampler: str = "tpe"  # tpe | random (study.tune_backend.make_sampler)
     warm_start: tuple[str, ...] = ()  # earlier study directories whose trials seeded the sampler
     optuna_storage: str | None = None  # cloud studies: the user's Optuna database URL (default: in memory)
+    # the final strong evaluation of the top trials (study/final_eval.py); studies from before it get these
+    final_attack: str = "auto"
+    final_top_k: int | None = None  # None: every trial that reached the last rung, at least 3
+    final_images: int | None = None  # None: 128 validation images on CPU trials, 1000 with GPUs
 
     @property
     def slots(self) -> int:
@@ -119,6 +123,11 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
         raise StudyError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 allowed)")
     if 1 < args.gpus_per_trial and not float(args.gpus_per_trial).is_integer():
         raise StudyError(f"--gpus-per-trial {args.gpus_per_trial}: above 1 a trial needs whole GPUs")
+    from .final_eval import DEFAULT_IMAGES, check_settings
+
+    final = dict(final_attack=getattr(args, "final_attack", "auto"), final_top_k=getattr(args, "final_top_k", None),
+                 final_images=getattr(args, "final_images", DEFAULT_IMAGES))
+    check_settings(final["final_attack"], final["final_top_k"], final["final_images"], args.num_samples)
     name = args.name or f"{space.name}-{base.dataset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage_path or os.environ.get("ADVTUNE_STORAGE", "advtune_runs")
     if "://" in storage:
@@ -144,7 +153,7 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                      storage_path=storage, seed=args.seed, max_failures=args.max_failures,
                      verbose=args.verbose, assume_shared_storage=args.assume_shared_storage, objective=objective,
                      sampler=getattr(args, "sampler", None) or "tpe", warm_start=warm,
-                     optuna_storage=getattr(args, "optuna_storage", None))
+                     optuna_storage=getattr(args, "optuna_storage", None), **final)
     return spec, space
 
 
@@ -183,8 +192,22 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
         f"resources  {_cpus_text(spec)} + {spec.gpus_per_trial:g} GPU per trial; "
         f"cluster: {spec.address or 'local Ray on this machine'}",
         f"storage    {spec.storage_path}; failures retried up to {spec.max_failures}x from the last checkpoint",
+        _final_text(spec),
     ]
     return "\n".join(lines)
+
+
+def _final_text(spec: StudySpec) -> str:
+    from trainables.strong_eval import ATTACKS
+
+    from .final_eval import resolve_attack, resolve_images
+
+    if spec.final_attack == "none":
+        return "final      no strong evaluation (--final-attack none): trials rank by the validation attack"
+    k = spec.final_top_k or "every trial that reached the last rung (at least 3)"
+    n = resolve_images(spec.final_images, spec.gpus_per_trial)
+    return (f"final      top {k}: best checkpoints attacked again with {ATTACKS[resolve_attack(spec.final_attack)]} "
+            f"on the first {n} validation images; export ranks by that")
 
 
 def _fs_type(path: Path) -> str:

@@ -258,6 +258,21 @@ def run_task(fn, *args: Any, num_cpus: float, num_gpus: float) -> Any:
     return ray.get(ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)(fn).remote(*args))
 
 
+def run_tasks(fn, arg_lists: list[tuple], num_cpus: float, num_gpus: float):
+    """Submit ``fn(*args)`` for every ``args`` at once, each with these resources (they run side by
+    side on the cluster's free slots); yield ``(index, result)`` as each finishes, where a failed task's
+    result is its exception, so one failure loses none of the others."""
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)(fn)
+    index = {remote.remote(*args): i for i, args in enumerate(arg_lists)}
+    pending = list(index)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            yield index[done[0]], ray.get(done[0])
+        except ray.exceptions.RayError as exc:
+            yield index[done[0]], exc
+
+
 def cluster_nodes() -> list[dict[str, Any]]:
     """Alive nodes with their total resources."""
     return [{"id": n["NodeID"], "resources": n.get("Resources", {})} for n in ray.nodes() if n.get("Alive")]

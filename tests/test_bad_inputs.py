@@ -159,6 +159,16 @@ CASES: list[Case] = [
      ["cloud URI", "drop --assume-shared-storage"]),
     ("resume a URI holding no study", lambda f, t: ["resume", "s3://advtune/empty/nothing"],
      ["holds no advtune study", "--storage-path URI"]),
+    # the final strong evaluation (study/final_eval.py); AutoAttack without its extra: test_autoattack_without…
+    ("unknown --final-attack", lambda f, t: ["run", "--final-attack", "aa", "--storage-path", str(t / "studies")],
+     ["--final-attack", "invalid choice: 'aa'", "'autoattack'", "'pgd'"]),
+    ("--final-top-k 0", lambda f, t: ["run", "--final-top-k", "0", "--storage-path", str(t / "studies")],
+     ["--final-top-k 0", "between 1 and the study's 12 trials"]),
+    ("--final-top-k above the trials", lambda f, t: ["run", "--num-samples", "4", "--final-top-k", "5",
+                                                     "--storage-path", str(t / "studies")],
+     ["--final-top-k 5", "between 1 and the study's 4 trials", "leave it out"]),
+    ("--final-images 0", lambda f, t: ["run", "--final-images", "0", "--storage-path", str(t / "studies")],
+     ["--final-images 0", "at least 1"]),
     # trial configs
     ("unknown --set key", lambda f, t: ["train", "--set", "peak_lrr=0.1"], ["peak_lrr", "did you mean 'peak_lr'"]),
     ("epsilon out of range", lambda f, t: ["train", "--set", "eval_eps=1.5"], ["eval_eps", "out of range", "8/255"]),
@@ -302,6 +312,48 @@ def _bucket_keys() -> list[str]:
     fs, path = pafs.FileSystem.from_uri("s3://advtune/")
     return [i.path for i in fs.get_file_info(pafs.FileSelector("advtune", allow_not_found=True, recursive=True))
             if "/unit/" not in i.path and "/studies/cloud/" not in i.path]
+
+
+# pyautoattack made unimportable in a fresh interpreter: a None in sys.modules makes `import pyautoattack`
+# raise ImportError, exactly as when the extra is not installed (advtune's own code is untouched)
+_NO_EXTRA = "import sys; sys.modules['pyautoattack'] = None; from study.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _without_autoattack(argv: list[str], cwd: Path):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _NO_EXTRA, *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+
+
+def test_autoattack_without_the_extra_is_refused_before_anything_is_written(workspace, tmp_path):
+    tmp, files, study, before = workspace
+    spec = json.loads((study / "advtune_study.json").read_text())
+    aa_study = tmp_path / "aa"
+    shutil.copytree(study, aa_study)
+    spec["spec"]["final_attack"] = "autoattack"
+    (aa_study / "advtune_study.json").write_text(json.dumps(spec))
+    (aa_study / "experiment_state-2026.json").write_text("{}")  # a study that ran, so resume gets that far
+    aa_before = _digest(aa_study)
+    for attack in ("autoattack", "apgd"):
+        res = _without_autoattack(["run", "--final-attack", attack, "--name", "new", "--storage-path",
+                                   str(tmp_path / "studies")], tmp_path)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        (line,) = [ln for ln in res.stderr.splitlines() if "error:" in ln]
+        for needle in (f"--final-attack {attack}", "not installed", "pip install 'advtune[autoattack]'",
+                       "--final-attack pgd"):
+            assert needle in line, line
+        assert not (tmp_path / "studies").exists()
+    res = _without_autoattack(["resume", str(aa_study)], tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    (line,) = [ln for ln in res.stderr.splitlines() if "error:" in ln]
+    assert "--final-attack autoattack" in line and "pip install" in line
+    assert _digest(aa_study) == aa_before and "resuming" not in res.stdout  # refused before Ray started
+    # the default, auto, falls back to PGD-50 with 5 restarts and says so
+    res = _without_autoattack(["run", "--dry-run", "--storage-path", str(tmp_path / "studies")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "PGD-50 with 5 restarts" in res.stdout
 
 
 def test_there_are_at_least_25_cases():

@@ -22,7 +22,8 @@ from PIL import Image
 from study.cli import build_parser, main
 from study.records import MARKER, StudyRecords
 
-PLOTS = ("schedules.png", "pareto.png", "curves.png", "importance.png", "interaction.png", "params.png", "compute.png")
+PLOTS = ("schedules.png", "pareto.png", "curves.png", "importance.png", "interaction.png", "params.png", "compute.png",
+         "strong.png")
 TOP_K = 3
 CHROMIUM = "/usr/bin/chromium"
 
@@ -32,7 +33,7 @@ def study(local_ray, tmp_path_factory) -> Path:
     storage = tmp_path_factory.mktemp("studies")
     rc = main(["run", "--name", "rep", "--storage-path", str(storage), "--num-samples", "5", "--max-epochs", "3",
                "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", "--set", "train_steps=2",
-               "--set", "val_steps=3", "--set", "pretrain_epochs=3"])
+               "--set", "val_steps=3", "--set", "pretrain_epochs=3", "--final-attack", "pgd", "--final-images", "48"])
     assert rc == 0
     return storage / "rep"
 
@@ -46,8 +47,11 @@ def report(study, tmp_path_factory) -> Path:
 
 
 def ranked(study: Path):
+    """By the final strong evaluation's figure, then (trials without one) by the selection figure."""
+    final = json.loads((study / "final_eval.json").read_text())["trials"]
     recs = [r for r in StudyRecords(study, tensorboard=False).load() if r.best]
-    return sorted(recs, key=lambda r: (-r.best["robust_acc"], r.trial_id))
+    return sorted(recs, key=lambda r: (r.trial_id not in final, -final.get(r.trial_id, {}).get("robust_acc", 0.0),
+                                       -r.best["robust_acc"], r.trial_id))
 
 
 def test_defaults_of_the_command():
@@ -93,8 +97,12 @@ def test_html_lists_the_top_k_configs_and_the_summary(report, study):
     rows = table.split("<tr>")[2:]  # after the header row
     best = ranked(study)
     assert len(rows) == min(TOP_K, len(best))
+    final = json.loads((study / "final_eval.json").read_text())["trials"]
+    assert "strong robust %" in table.split("<tr>")[1]
     for row, rec in zip(rows, best):
         assert rec.trial_id in row and f"{100 * rec.best['robust_acc']:.1f}" in row
+        if rec.trial_id in final:
+            assert f"{100 * final[rec.trial_id]['robust_acc']:.1f}" in row
         assert f"{100 * rec.best['clean_acc']:.1f}" in row and rec.state in row
     for rec in best[TOP_K:]:
         assert rec.trial_id not in table

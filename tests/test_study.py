@@ -16,13 +16,15 @@ from study.records import StudyRecords
 
 TINY = ["--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=4"]
 N_TRIALS, EPOCHS = 6, 3
+FINAL = ["--final-attack", "pgd", "--final-images", "64", "--final-top-k", "4"]  # PGD-50-5: no extra needed
 
 
 @pytest.fixture(scope="module")
 def study(local_ray, tmp_path_factory):
     storage = tmp_path_factory.mktemp("studies")
     rc = main(["run", "--name", "small", "--storage-path", str(storage), "--num-samples", str(N_TRIALS),
-               "--max-epochs", str(EPOCHS), "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", *TINY])
+               "--max-epochs", str(EPOCHS), "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", *TINY,
+               *FINAL])
     assert rc == 0
     return storage / "small"
 
@@ -81,13 +83,15 @@ def test_tensorboard_holds_every_trials_scalars_and_hparams(study):
 def test_status_and_export_work_without_a_cluster(study, capsys):
     assert main(["status", str(study)]) == 0
     out = capsys.readouterr().out
-    assert "pruned" in out and "stopped by ASHA" in out
+    assert "pruned" in out and "stopped by ASHA" in out and "strong%" in out
     out_dir = study.parent / "exp"
     assert main(["export", str(study), "--top-k", "2", "--out", str(out_dir)]) == 0
     index = yaml.safe_load((out_dir / "best.yaml").read_text())
     assert len(index["entries"]) == 2
     first = index["entries"][0]
-    assert first["metrics"]["robust_acc"] >= index["entries"][1]["metrics"]["robust_acc"]
+    # ranked by the final strong evaluation's figure, both figures shown
+    assert first["metrics"]["strong_robust_acc"] >= index["entries"][1]["metrics"]["strong_robust_acc"]
+    assert "robust_acc" in first["metrics"] and "strong_robust_acc" in index["selection"]
     assert Path(first["checkpoint"]).exists() and first["command"].startswith("advtune train --config ")
     assert main(["export", str(study), "--pareto", "--format", "json", "--out", str(out_dir)]) == 0
     front = json.loads((out_dir / "pareto.json").read_text())["entries"]
@@ -179,7 +183,7 @@ def test_a_lone_trial_trains_with_every_cpu_and_the_dry_run_says_auto(local_ray,
     assert main(["run", "--dry-run", "--num-samples", "1", "--storage-path", str(tmp_path)]) == 0
     assert "auto CPUs (the cluster's CPUs / 1 trial(s) at once" in capsys.readouterr().out
     rc = main(["run", "--name", "lone", "--storage-path", str(tmp_path), "--num-samples", "1", "--max-epochs", "1",
-               *TINY])
+               *TINY, "--final-attack", "none"])
     assert rc == 0
     assert "cpus per trial: 2 (auto" in capsys.readouterr().out
     (record,) = StudyRecords(tmp_path / "lone", tensorboard=False).load()
@@ -189,3 +193,48 @@ def test_a_lone_trial_trains_with_every_cpu_and_the_dry_run_says_auto(local_ray,
 def test_two_slots_on_two_cpus_train_with_one_thread_each(study):
     records = StudyRecords(study, tensorboard=False).load()
     assert {m["torch_threads"] for r in records for m in r.metrics} == {1}
+
+
+def _tb_scalar(run_dir: Path, tag: str) -> float:
+    ea = EventAccumulator(str(run_dir))
+    ea.Reload()
+    return ea.Scalars(tag)[-1].value
+
+
+def test_final_strong_evaluation_attacks_the_top_k_and_records_both_figures(study):
+    records = {r.trial_id: r for r in StudyRecords(study, tensorboard=False).load()}
+    final = json.loads((study / "final_eval.json").read_text())
+    by_selection = sorted((r for r in records.values() if r.best), key=lambda r: -r.best["robust_acc"])
+    ties = {r.trial_id for r in by_selection if r.best["robust_acc"] >= by_selection[3].best["robust_acc"]}
+    assert len(final["trials"]) == 4 and set(final["trials"]) <= ties  # the top 4 by the selection figure
+    assert final["settings"] == {"attack": "pgd", "images": 64, "top_k": 4, "seed": 0}
+    for tid, e in final["trials"].items():
+        assert e["attack"] == "pgd-50-5" and e["n"] == 64 and e["val_attack"] == "pgd-5-1"
+        assert 0 <= e["robust_acc"] <= e["clean_acc"] <= 1
+        assert e["selection_robust_acc"] == pytest.approx(records[tid].best["robust_acc"])
+        assert e["gap"] == pytest.approx(e["val_attack_acc"] - e["robust_acc"])
+        assert e["flag"] == (e["gap"] > 0.03)
+        # TensorBoard: the strong figure as the HParams metric every trial's session declared
+        assert _tb_scalar(study / "tensorboard" / tid, "final/strong_robust_acc") == pytest.approx(e["robust_acc"])
+    ea = EventAccumulator(str(study / "tensorboard" / next(iter(final["trials"]))))
+    ea.Reload()
+    exp = plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")["_hparams_/experiment"])
+    assert "final/strong_robust_acc" in [m.name.tag for m in exp.experiment.metric_infos]
+
+
+def test_resume_of_a_finished_study_adds_the_missing_final_evaluation(study, capsys):
+    path = study / "final_eval.json"
+    before = json.loads(path.read_text())
+    path.unlink()
+    assert main(["resume", str(study)]) == 0
+    out = capsys.readouterr().out
+    after = json.loads(path.read_text())
+    drop = lambda f: {t: {k: v for k, v in e.items() if k != "seconds"} for t, e in f["trials"].items()}  # noqa: E731
+    assert drop(after) == drop(before)  # the same trials, the same figures: the evaluation is deterministic
+    table = out[out.index("strong evaluation ("):]
+    assert "selection%" in table and "strong%" in table and "gap" in table
+    best = min(before["trials"], key=lambda t: (-before["trials"][t]["robust_acc"],
+                                                -before["trials"][t]["selection_robust_acc"], t))
+    assert f"best trial {best}" in out and "(strong attack" in out
+    assert main(["resume", str(study)]) == 0  # complete now: nothing is attacked again
+    assert "final strong evaluation of the top" not in capsys.readouterr().out

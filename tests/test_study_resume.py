@@ -65,7 +65,8 @@ def test_driver_killed_twice_resumes_twice_without_losing_trials_or_redoing_epoc
     env = _env(tmp_path / "cache")
     cmd = [*ADVTUNE, "run", "--name", name, "--storage-path", str(storage), "--num-samples", str(N_TRIALS),
            "--max-epochs", str(EPOCHS), "--concurrency", "2", "--grace-period", str(EPOCHS),  # no pruning here
-           "--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=3"]
+           "--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=3",
+           "--final-attack", "none"]  # its resume of a finished study: tests/test_study.py
     _run_and_kill(cmd, study, env, tmp_path / "run.log", at_least=2)
     first = StudyRecords(study, tensorboard=False).load()
     n_first = _total_lines(study)

@@ -80,8 +80,11 @@ def evaluate_pgd(model: nn.Module, split: Dataset, norm: str, eps: float, steps:
 
 def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float, batch_size: int = 256,
                         device: torch.device | str = "cpu", seed: int = 0, version: str = "standard",
-                        limit: int | None = None) -> RobustResult:
+                        limit: int | None = None, attacks: tuple[str, ...] | None = None) -> RobustResult:
     """AutoAttack (Croce & Hein 2020) ``version`` through the ``pyautoattack`` extra, in fp32.
+
+    ``attacks`` (e.g. ``("apgd-ce", "apgd-t")``) runs that subset of the standard version, in that
+    order, with the standard version's settings.
 
     Our adapter checks the returned images against the threat model itself (eps-ball, [0,1]) and
     computes the accuracy from them, rather than trusting the library's own count.
@@ -102,8 +105,13 @@ def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float,
     model.eval()
     try:
         with fixed_rng(seed, device), torch.autocast(device.type, enabled=False):
-            adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
-                                   device=device, seed=seed)
+            adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
+                                   version="custom" if attacks else version,
+                                   attacks=list(attacks) if attacks else None, device=device, seed=seed)
+            if attacks:  # 'custom' starts from other defaults (5 APGD restarts): take standard's settings
+                adversary.apgd.n_restarts = adversary.apgd_targeted.n_restarts = adversary.fab.n_restarts = 1
+                adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 9
+                adversary.square.n_queries = 5000
             adversary.verbose = False
             out = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
             x_adv = (out[0] if isinstance(out, tuple) else out).detach()  # pyautoattack 0.2 returns (x_adv, y_adv)
@@ -119,4 +127,4 @@ def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float,
     finally:
         model.train(was_training)
     n = y.numel()
-    return RobustResult(clean / n, rob / n, n, f"autoattack-{version}")
+    return RobustResult(clean / n, rob / n, n, "+".join(attacks) if attacks else f"autoattack-{version}")

@@ -1,0 +1,244 @@
+"""A study's final strong evaluation: its pick must hold under a strong attack.
+
+The search selects on the validation attack (PGD-10, one restart): cheap, and weak enough that a
+trial can rank high because its gradients are masked. When the search ends, the top-k trials' best
+checkpoints are attacked again on the validation split with a strong attack
+(``trainables.strong_eval``), each as a Ray task with one trial's resources, all submitted at once.
+Export, status, the end-of-study summary, TensorBoard and the report then rank by that strong figure.
+
+``<study>/final_eval.json`` (written atomically after every finished task, so an interrupted
+evaluation keeps what it had; ``advtune resume`` evaluates only what is missing)::
+
+    {"settings": {"attack": "apgd", "images": 128, "top_k": null, "seed": 0},
+     "trials": {"<trial id>": {"attack": "apgd-ce+apgd-t", "n": 288, "clean_acc": 0.9, "robust_acc": 0.41,
+                               "selection_robust_acc": 0.45, "selection_epoch": 8, "gap": 0.04,
+                               "flag": true, "val_attack": "pgd-10-1", "val_attack_acc": 0.45, ...}}}
+
+Accuracies are fractions in [0, 1]. ``selection_robust_acc`` is the figure the search ranked on (the
+validation attack's best, whole validation split); ``val_attack_acc`` is that attack on the strong
+attack's images, and ``gap`` = ``val_attack_acc`` - ``robust_acc``: both on the same images, so it equals
+selection - strong when the images cover the validation split.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import StudyError
+from .records import FINAL_STATES, TrialRecord
+
+__all__ = ["FILE", "CHOICES", "DEFAULT_IMAGES", "resolve_images", "GAP_FLAG", "GAP_WARNING", "check_settings", "resolve_attack",
+           "candidates", "load_final", "strong_of", "rank", "strong_table", "run_final_eval", "evaluate_task"]
+
+FILE = "final_eval.json"
+CHOICES = ("auto", "autoattack", "apgd", "pgd", "none")
+# Default images: on CPU-only trials the default study must stay about 3 minutes (docs/benchmarks.md section 6);
+# with GPUs the attack is cheap and the usual 1000 images are affordable.
+CPU_IMAGES, GPU_IMAGES = 128, 1000
+DEFAULT_IMAGES = None  # None: CPU_IMAGES, or GPU_IMAGES when trials have GPUs
+MIN_TOP_K = 3
+GAP_FLAG = 0.03  # fraction: more than 3 points between the selection figure and the strong one
+GAP_WARNING = "possible gradient masking or a weak validation attack"
+
+
+def check_settings(attack: str, top_k: int | None, images: int | None, num_samples: int) -> None:
+    """Refuse final-evaluation settings that cannot work, before anything is written or started."""
+    from trainables.strong_eval import NEEDS_AUTOATTACK, autoattack_installed
+
+    if attack not in CHOICES:
+        raise StudyError(f"--final-attack {attack!r} is not one of {', '.join(CHOICES)}")
+    if top_k is not None and not 1 <= top_k <= num_samples:
+        raise StudyError(f"--final-top-k {top_k} is out of range: between 1 and the study's {num_samples} trials "
+                         "(--num-samples); leave it out for every trial that reached the last ASHA rung")
+    if images is not None and images < 1:
+        raise StudyError(f"--final-images {images} is out of range: at least 1 validation image (default "
+                         f"{CPU_IMAGES}, {GPU_IMAGES} with GPUs)")
+    if attack in NEEDS_AUTOATTACK and not autoattack_installed():
+        raise StudyError(f"--final-attack {attack} needs the optional AutoAttack extra, which is not installed: "
+                         "pip install 'advtune[autoattack]', or choose --final-attack pgd")
+
+
+def resolve_images(images: int | None, gpus_per_trial: float) -> int:
+    """``--final-images`` left out: 128 on CPU trials, 1000 on GPU trials."""
+    return images if images is not None else (GPU_IMAGES if gpus_per_trial > 0 else CPU_IMAGES)
+
+
+def resolve_attack(attack: str) -> str:
+    """``auto``: AutoAttack's APGD pair where the extra is installed, else PGD-50 with 5 restarts."""
+    from trainables.strong_eval import autoattack_installed
+
+    if attack != "auto":
+        return attack
+    return "apgd" if autoattack_installed() else "pgd"
+
+
+def _selection(rec: TrialRecord) -> float:
+    return rec.best["robust_acc"] if rec.best else -1.0
+
+
+def candidates(records: list[TrialRecord], last_rung: int, top_k: int | None) -> list[TrialRecord]:
+    """The trials to evaluate, best selection figure first: the top ``top_k`` trials with a best.pt;
+    by default every trial that reached ``last_rung`` (epochs), at least 3."""
+    pool = sorted((r for r in records if r.best and r.directory and (r.directory / "best.pt").exists()),
+                  key=lambda r: (-_selection(r), r.trial_id))
+    if top_k is None:
+        top_k = max(MIN_TOP_K, sum(r.epochs_run >= last_rung for r in pool))
+    return pool[:top_k]
+
+
+def load_final(study_dir: str | Path) -> dict[str, Any]:
+    """The study's final evaluation ({} when it has none, or the file is unreadable)."""
+    path = Path(study_dir) / FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
+def strong_of(final: dict[str, Any], trial_id: str) -> dict[str, Any] | None:
+    """The trial's strong-evaluation entry, or None when it has no strong figure."""
+    entry = (final.get("trials") or {}).get(trial_id)
+    return entry if entry and isinstance(entry.get("robust_acc"), (int, float)) else None
+
+
+def rank(records: list[TrialRecord], final: dict[str, Any], objective=None) -> list[TrialRecord]:
+    """Trials with a validation, ranked by the strong figure; those without one come after, by the
+    selection figure. With a ``robust:clean>=X`` objective (study.objectives), trials that meet the
+    clean-accuracy floor come first."""
+    def key(r: TrialRecord):
+        s = strong_of(final, r.trial_id)
+        infeasible = objective is not None and not objective.feasible(r)
+        return (infeasible, s is None, -(s["robust_acc"] if s else 0.0), -_selection(r), r.trial_id)
+
+    return sorted((r for r in records if r.best), key=key)
+
+
+def _entry(rec: TrialRecord, result: dict[str, Any]) -> dict[str, Any]:
+    # Paired: the validation attack and the strong one on the same images, so that a subset of the
+    # validation split never shows up as a gap (equal to selection - strong when it is the whole split).
+    gap = result["val_attack_acc"] - result["robust_acc"]
+    return {**result, "selection_robust_acc": rec.best["robust_acc"], "selection_epoch": rec.best["epoch"],
+            "gap": gap, "flag": gap > GAP_FLAG + 1e-9}
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def strong_table(records: list[TrialRecord], final: dict[str, Any]) -> str:
+    """The compact table of the end of a study: trial, both figures, clean accuracy, gap, flag."""
+    rows = [r for r in rank(records, final) if strong_of(final, r.trial_id)]
+    if not rows:
+        return "no strong evaluation"
+    val = strong_of(final, rows[0].trial_id)["val_attack"].upper() + "%"
+    head = f"{'trial':<12} {'selection%':>10} {val:>10} {'strong%':>8} {'clean%':>7} {'gap':>6}  flag"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        s = strong_of(final, r.trial_id)
+        lines.append(f"{r.trial_id:<12} {_pct(s['selection_robust_acc']):>10} {_pct(s['val_attack_acc']):>10} "
+                     f"{_pct(s['robust_acc']):>8} {_pct(s['clean_acc']):>7} {100 * s['gap']:>+6.1f}  "
+                     f"{('! ' + GAP_WARNING) if s['flag'] else ''}")
+    return "\n".join(lines)
+
+
+def describe(final: dict[str, Any]) -> str:
+    """One line: which attack, on how many images, and what 'selection' means."""
+    from trainables.strong_eval import ATTACKS
+
+    st = final.get("settings", {})
+    ns = {e["n"] for e in (final.get("trials") or {}).values() if "n" in e}
+    n = ", ".join(str(x) for x in sorted(ns)) or str(st.get("images", "?"))
+    val = next(iter(final.get("trials", {}).values()), {}).get("val_attack", "the validation attack").upper()
+    return (f"strong attack: {ATTACKS.get(st.get('attack'), st.get('attack'))}, on the first {n} validation images; "
+            "selection = the validation attack's best robust accuracy over the whole validation split (what ASHA "
+            f"and Optuna ranked on); {val} = the validation attack on the strong attack's images; gap = {val} - "
+            "strong, on the same images")
+
+
+def _save(study_dir: Path, final: dict[str, Any]) -> None:
+    path = study_dir / FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(final, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate_task(checkpoint: str, attack: str, images: int, threads: int) -> dict[str, Any]:
+    """The Ray task: one checkpoint, with as many torch threads as the task has CPUs."""
+    import torch
+
+    from trainables.strong_eval import strong_eval
+
+    torch.set_num_threads(max(1, threads))
+    if "://" in checkpoint:  # a study in cloud storage: the task's node reads best.pt from the bucket
+        from trainables.cloud_adapter import fetch
+
+        checkpoint = fetch(checkpoint)
+    return strong_eval(checkpoint, attack, images)
+
+
+def _checkpoint_of(spec, rec: TrialRecord) -> str:
+    """The trial's best.pt: in its folder, or for a study in cloud storage its URI in the bucket."""
+    if getattr(spec, "is_cloud", False):
+        from .cloud_study import best_checkpoint_uri
+
+        return best_checkpoint_uri(spec.to_dict(), rec.trial_id)
+    return str(rec.directory / "best.pt")
+
+
+def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
+    """Evaluate the study's top-k trials that have no strong figure yet (Ray must be up). Returns the
+    final evaluation, or None when it is off or the search has not finished."""
+    from .records import StudyRecords
+    from .spec import asha_rungs
+
+    attack = getattr(spec, "final_attack", "auto")
+    if attack == "none":
+        print("final strong evaluation: off (--final-attack none); trials rank by the validation attack", flush=True)
+        return None
+    records = StudyRecords(study_dir, tensorboard=False).load()
+    if len(records) < spec.num_samples or any(r.state not in FINAL_STATES for r in records):
+        print("final strong evaluation: not yet, the search has not finished (advtune resume finishes both)",
+              flush=True)
+        return None
+    attack = resolve_attack(attack)
+    images = resolve_images(getattr(spec, "final_images", None), spec.gpus_per_trial)
+    rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
+    chosen = candidates(records, rungs[-1] if rungs else spec.max_epochs, getattr(spec, "final_top_k", None))
+    settings = {"attack": attack, "images": images, "top_k": getattr(spec, "final_top_k", None), "seed": 0}
+    final = load_final(study_dir)
+    if final.get("settings", {}).get("attack") != attack or final.get("settings", {}).get("images") != images:
+        final = {}
+    final = {"settings": settings, "trials": dict(final.get("trials") or {})}
+    todo = [r for r in chosen if r.trial_id not in final["trials"]]
+    if not todo:
+        return final
+    from trainables.strong_eval import ATTACKS
+
+    threads = int(spec.cpus_per_trial or 1)
+    print(f"\nfinal strong evaluation of the top {len(chosen)} trials: {ATTACKS[attack]}, on up to {images} "
+          f"validation images, {len(todo)} Ray task(s) with one trial's resources…", flush=True)
+    args = [(_checkpoint_of(spec, r), attack, images, threads) for r in todo]
+    writer = StudyRecords(study_dir)
+    for i, result in tb.run_tasks(evaluate_task, args, num_cpus=spec.cpus_per_trial or 1,
+                                  num_gpus=spec.gpus_per_trial):
+        rec = todo[i]
+        if isinstance(result, BaseException):
+            print(f"  trial {rec.trial_id}: strong evaluation failed: {_reason(result)}", flush=True)
+            continue
+        final["trials"][rec.trial_id] = entry = _entry(rec, result)
+        _save(study_dir, final)
+        writer.on_strong_eval(rec.trial_id, entry["robust_acc"], entry["gap"])
+        print(f"  trial {rec.trial_id}: {result['attack']} robust {_pct(entry['robust_acc'])}% (selection "
+              f"{_pct(entry['selection_robust_acc'])}%, clean {_pct(entry['clean_acc'])}%, {entry['n']} images, "
+              f"{result['seconds']:.0f} s)" + (f"  ! gap {100 * entry['gap']:.1f} points: {GAP_WARNING}"
+                                                if entry["flag"] else ""), flush=True)
+    writer.close()
+    return final
+
+
+def _reason(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    lines = [ln for ln in str(cause).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(cause).__name__

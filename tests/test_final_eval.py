@@ -1,0 +1,162 @@
+"""The final strong evaluation, without Ray: the ranking by the strong figure (export, status), the gap
+flag, the choice of trials, and the Ray-free core on a real trained checkpoint. The study-level
+behaviour (parallel tasks, final_eval.json, TensorBoard, resume) is in tests/test_study.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from study.cli import main
+from study.final_eval import GAP_WARNING, candidates, rank, strong_table
+from study.records import TrialRecord
+
+# selection figure (PGD-10 best robust), strong figure: the strong attack reverses the order of a and b
+TRIALS = {"a": (0.50, 0.40), "b": (0.45, 0.44), "c": (0.42, None), "d": (0.48, 0.455)}
+
+
+def _metrics(robust: float, epochs: int = 3) -> list[dict]:
+    return [{"epoch": e, "robust_acc": robust * e / epochs, "clean_acc": 0.9, "grad_passes": 100 * e,
+             "epoch_seconds": 1.0} for e in range(1, epochs + 1)]
+
+
+def _final(trials: dict) -> dict:
+    out = {}
+    for tid, (sel, strong) in trials.items():
+        if strong is not None:
+            gap = sel - strong
+            out[tid] = {"attack": "pgd-50-5", "n": 64, "clean_acc": 0.88, "robust_acc": strong,
+                        "val_attack": "pgd-10-1", "val_attack_acc": sel, "selection_robust_acc": sel, "selection_epoch": 3, "gap": gap, "flag": gap > 0.03 + 1e-9}
+    return {"settings": {"attack": "pgd", "images": 64, "top_k": None, "seed": 0}, "trials": out}
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    """A finished study as advtune leaves it on disk, written by hand, with its final evaluation."""
+    d = tmp_path / "s"
+    spec = {"name": "s", "space": "sfd", "base_config": {}, "num_samples": 4, "max_epochs": 3, "grace_period": 1,
+            "requested_grace": 1, "reduction_factor": 3, "concurrency": 1, "cpus_per_trial": 1, "gpus_per_trial": 0,
+            "address": None, "storage_path": str(tmp_path), "seed": 0, "max_failures": 0}
+    d.mkdir()
+    (d / "advtune_study.json").write_text(json.dumps({"advtune_study": 1, "spec": spec, "space_base": {}}))
+    for tid, (sel, _) in TRIALS.items():
+        t = d / "trials" / tid
+        t.mkdir(parents=True)
+        (t / "params.json").write_text(json.dumps({"peak_lr": 0.01}))
+        (t / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in _metrics(sel)))
+        (t / "state.json").write_text(json.dumps({"state": "completed", "error": ""}))
+        (t / "best.pt").write_bytes(b"weights")
+    (d / "final_eval.json").write_text(json.dumps(_final(TRIALS)))
+    return d
+
+
+def _records() -> list[TrialRecord]:
+    return [TrialRecord(tid, {}, _metrics(sel), "completed") for tid, (sel, _) in TRIALS.items()]
+
+
+def test_rank_follows_the_strong_figure_and_puts_trials_without_one_last():
+    order = [r.trial_id for r in rank(_records(), _final(TRIALS))]
+    assert order == ["d", "b", "a", "c"]  # strong 45.5, 44, 40; c has none
+    assert [r.trial_id for r in rank(_records(), {})] == ["a", "d", "b", "c"]  # no final evaluation: selection
+
+
+def test_export_ranks_by_the_strong_figure_and_shows_both_figures(study, tmp_path):
+    out = tmp_path / "exp"
+    assert main(["export", str(study), "--top-k", "4", "--out", str(out)]) == 0
+    index = yaml.safe_load((out / "best.yaml").read_text())
+    entries = index["entries"]
+    assert [e["trial_id"] for e in entries] == ["d", "b", "a", "c"]
+    assert "strong_robust_acc" in index["selection"]
+    by_id = {e["trial_id"]: e["metrics"] for e in entries}
+    assert by_id["a"]["robust_acc"] == pytest.approx(0.50) and by_id["a"]["strong_robust_acc"] == pytest.approx(0.40)
+    assert by_id["a"]["warning"] == GAP_WARNING  # 10 points
+    assert "warning" not in by_id["b"] and "warning" not in by_id["d"]  # 1 and 2.5 points
+    assert by_id["c"]["strong_robust_acc"] is None
+    first = yaml.safe_load(sorted(out.glob("01-*.yaml"))[0].read_text())
+    assert first["trial_id"] == "d" and first["metrics"]["strong_gap"] == pytest.approx(0.025)
+
+
+def test_status_shows_both_figures_and_flags_gaps_over_3_points(study, capsys):
+    assert main(["status", str(study)]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln[:1] in "abcd" and ln.split()[0] in TRIALS}
+    assert list(rows) == ["d", "b", "a", "c"]
+    assert "strong%" in out and "selection figure" in out
+    assert GAP_WARNING in rows["a"] and "50.0" in rows["a"] and "40.0" in rows["a"]
+    assert GAP_WARNING not in rows["b"] + rows["d"] + rows["c"]
+
+
+def test_the_gap_flag_is_for_more_than_3_points():
+    final = _final({"x": (0.50, 0.47), "y": (0.50, 0.4699)})
+    recs = [TrialRecord(t, {}, _metrics(0.50), "completed") for t in ("x", "y")]
+    table = strong_table(recs, final).splitlines()
+    assert "selection%" in table[0] and "strong%" in table[0] and "gap" in table[0]
+    line = {ln.split()[0]: ln for ln in table[2:]}
+    assert GAP_WARNING not in line["x"] and GAP_WARNING in line["y"]
+
+
+def test_candidates_cover_the_last_rung_at_least_3_at_most_those_with_a_checkpoint(tmp_path):
+    recs = []
+    for i, (robust, epochs) in enumerate([(0.5, 8), (0.4, 8), (0.45, 6), (0.3, 6), (0.2, 3), (0.1, 3)]):
+        d = tmp_path / f"t{i}"
+        d.mkdir()
+        (d / "best.pt").write_bytes(b"w")
+        recs.append(TrialRecord(f"t{i}", {}, _metrics(robust, epochs), "completed", directory=d))
+    ids = lambda rs: [r.trial_id for r in rs]  # noqa: E731
+    assert ids(candidates(recs, last_rung=6, top_k=None)) == ["t0", "t2", "t1", "t3"]  # by selection figure
+    assert ids(candidates(recs, last_rung=8, top_k=None)) == ["t0", "t2", "t1"]  # 2 reached it: at least 3
+    assert ids(candidates(recs, last_rung=6, top_k=2)) == ["t0", "t2"]
+    (tmp_path / "t2" / "best.pt").unlink()
+    assert ids(candidates(recs, last_rung=3, top_k=None)) == ["t0", "t1", "t3", "t4", "t5"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--quiet", "--out", str(out), "--set", "pretrained=none", "--set", "epochs=2",
+                 "--set", "train_steps=2", "--set", "val_steps=3", "--set", "val_size=96"]) == 0
+    return out
+
+
+def test_core_attacks_the_first_validation_images_and_reproduces_the_selection_figure(trained):
+    from study.records import read_jsonl
+    from trainables.strong_eval import strong_eval
+
+    best = max(read_jsonl(trained / "metrics.jsonl"), key=lambda m: (m["robust_acc"], -m["epoch"]))
+    full = strong_eval(trained / "best.pt", "pgd", images=10 ** 6)
+    # the whole validation split with the trial's own attack gives back exactly the figure that selected it
+    assert full["n"] == 96 and full["val_attack"] == "pgd-3-1"
+    assert full["val_attack_acc"] == pytest.approx(best["robust_acc"])
+    assert full["clean_acc"] == pytest.approx(best["clean_acc"])
+    assert full["attack"] == "pgd-50-5" and 0 <= full["robust_acc"] <= full["clean_acc"]
+    few = strong_eval(trained / "best.pt", "pgd", images=32)
+    assert few["n"] == 32
+
+
+def test_core_apgd_is_no_weaker_than_the_validation_attack(trained):
+    pytest.importorskip("pyautoattack")
+    from trainables.strong_eval import strong_eval
+
+    state = torch.get_rng_state()
+    res = strong_eval(trained / "best.pt", "apgd", images=48)
+    assert torch.equal(state, torch.get_rng_state())
+    assert res["attack"] == "apgd-ce+apgd-t" and res["n"] == 48
+    assert res["robust_acc"] <= res["val_attack_acc"] + 1e-9 and res["robust_acc"] <= res["clean_acc"]
+
+
+def test_report_draws_the_strong_panel_and_ranks_its_table_by_the_strong_figure(study, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "rep"
+    assert main(["report", str(study), "--out", str(out), "--top-k", "4"]) == 0
+    with Image.open(out / "strong.png") as im:
+        assert im.size[0] >= 600 and im.convert("L").getextrema()[0] < 100
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert 'data-file="strong.png"' in page and "3-point band" in page
+    table = page[page.index("<table>"):page.index("</table>")]
+    rows = table.split("<tr>")[2:]
+    assert [next(t for t in TRIALS if f"<code>{t}</code>" in row) for row in rows] == ["d", "b", "a", "c"]
+    assert "+10.0 !" in rows[2] and "!" not in rows[0] + rows[1]  # a: 10 points below its selection figure
