@@ -52,18 +52,15 @@ def autoattack_installed() -> bool:
 def load_trained(checkpoint: str | Path):
     """An advtune checkpoint as ``(config, prepared, model)``: the model in eval mode on the config's
     device, every tensor of the file loaded (anything less is an error, not a partial load)."""
-    from .checkpoints import FORMAT, CheckpointError, load_file, load_starting_point
+    from .checkpoints import FORMAT, CheckpointError, load_file
     from .config import TrialConfig
-    from .setup import prepare
+    from .setup import model_from_checkpoint
 
     payload = load_file(checkpoint)
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
         raise CheckpointError(f"{checkpoint} is not an advtune checkpoint")
-    cfg = TrialConfig.from_dict(payload["config"]).replace(pretrained="none")
-    prep = prepare(cfg, with_starting_point=False)
-    report = load_starting_point(prep.model, checkpoint, min_fraction=0.999)
-    if report.reinitialized or report.missing:
-        raise CheckpointError(f"{checkpoint} did not load completely: {report.summary()}")
+    cfg = TrialConfig.from_dict(payload["config"])
+    prep, _ = model_from_checkpoint(str(checkpoint), cfg)  # as `advtune eval` loads it: every tensor, or an error
     return cfg, prep, prep.model.to(prep.device).eval()
 
 
