@@ -34,7 +34,7 @@ __all__ = ["FILE", "CHOICES", "DEFAULT_IMAGES", "resolve_images", "GAP_FLAG", "G
 
 FILE = "final_eval.json"
 CHOICES = ("auto", "autoattack", "apgd", "pgd", "none")
-# Default images: on CPU-only trials the default study must stay about 3 minutes (docs/benchmarks.md section 6);
+# Default images: on CPU-only trials the default study must stay about 3 minutes (docs/benchmarks.md section 7);
 # with GPUs the attack is cheap and the usual 1000 images are affordable.
 CPU_IMAGES, GPU_IMAGES = 128, 1000
 DEFAULT_IMAGES = None  # None: CPU_IMAGES, or GPU_IMAGES when trials have GPUs

@@ -204,9 +204,9 @@ def _final_text(spec: StudySpec) -> str:
 
     if spec.final_attack == "none":
         return "final      no strong evaluation (--final-attack none): trials rank by the validation attack"
-    k = spec.final_top_k or "every trial that reached the last rung (at least 3)"
+    k = f"top {spec.final_top_k}" if spec.final_top_k else "every trial that reached the last rung (at least 3)"
     n = resolve_images(spec.final_images, spec.gpus_per_trial)
-    return (f"final      top {k}: best checkpoints attacked again with {ATTACKS[resolve_attack(spec.final_attack)]} "
+    return (f"final      {k}: best checkpoints attacked again with {ATTACKS[resolve_attack(spec.final_attack)]} "
             f"on the first {n} validation images; export ranks by that")
 
 
