@@ -80,7 +80,8 @@ def test_constrained_searcher_records_the_clean_floor_as_an_optuna_constraint():
 def mo_study(local_ray, tmp_path_factory):
     storage = tmp_path_factory.mktemp("studies")
     rc = main(["run", "--name", "mo", "--storage-path", str(storage), "--num-samples", "5", "--max-epochs", "3",
-               "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", "--objective", "robust+clean", *SETS])
+               "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", "--objective", "robust+clean",
+               "--final-attack", "none", *SETS])  # the final strong evaluation is tested in test_study.py
     assert rc == 0
     return storage / "mo"
 
@@ -165,7 +166,7 @@ def test_warm_start_sampler_holds_the_earlier_trials_and_proposes_otherwise(mo_s
 def test_a_warm_started_study_seeds_its_sampler_and_says_what_it_took(mo_study, tmp_path, capsys):
     storage = tmp_path / "studies"
     rc = main(["run", "--name", "warm", "--storage-path", str(storage), "--num-samples", "2", "--max-epochs", "1",
-               "--concurrency", "2", "--seed", "1", "--warm-start", str(mo_study), *SETS])
+               "--concurrency", "2", "--seed", "1", "--warm-start", str(mo_study), "--final-attack", "none", *SETS])
     assert rc == 0
     out = capsys.readouterr().out
     n_warm = sum(r.state in FINISHED + ("pruned",) for r in StudyRecords(mo_study, tensorboard=False).load())

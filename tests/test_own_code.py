@@ -49,7 +49,7 @@ def own_study(local_ray, tmp_path_factory):
     rc = main(["run", "--name", "own", "--storage-path", str(tmp), "--space", str(tmp / "space.yaml"),
                "--num-samples", "2", "--max-epochs", "1", "--concurrency", "2", "--set", f"model={OWN['model']}",
                "--set", f"dataset={OWN['dataset']}", "--set", "pretrain_epochs=3", "--set", "train_steps=2",
-               "--set", "val_steps=3", "--set", "eval_eps=0.1"])
+               "--set", "val_steps=3", "--set", "eval_eps=0.1", "--final-attack", "none"])
     assert rc == 0
     return tmp / "own"
 
