@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -175,3 +176,21 @@ def s3_server(tmp_path_factory):
         p.terminate()
         p.wait(timeout=30)
     log.close()
+
+
+@contextlib.contextmanager
+def lossy_cluster(n_workers: int = 2):
+    """A simulated cluster whose lost nodes Ray notices within seconds: a head without CPUs (no trial runs
+    there) and ``n_workers`` worker nodes of 1 CPU each. Shut down on leaving the block."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False,
+        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                           "health_check_timeout_ms": 500, "health_check_failure_threshold": 4}})
+    try:
+        workers = [c.add_node(num_cpus=1) for _ in range(n_workers)]
+        c.wait_for_nodes()
+        yield c, workers
+    finally:
+        c.shutdown()

@@ -15,9 +15,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import torch
-from ray.cluster_utils import Cluster
 
 from study.records import StudyRecords
+
+from conftest import lossy_cluster
 
 ADVTUNE = [sys.executable, "-m", "study.cli"]
 N_TRIALS, EPOCHS = 3, 3
@@ -34,14 +35,8 @@ def _bucket_files(prefix: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def cluster(s3_server):
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    c = Cluster(initialize_head=True, head_node_args={  # started after s3_server: the nodes see the endpoint
-        "num_cpus": 0, "include_dashboard": False,
-        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                           "health_check_timeout_ms": 500, "health_check_failure_threshold": 4}})
-    workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    c.wait_for_nodes()
-    yield c, workers
-    c.shutdown()
+    with lossy_cluster() as (c, workers):  # started after s3_server: the nodes see the endpoint
+        yield c, workers
 
 
 def _env(home: Path) -> dict:

@@ -8,9 +8,10 @@ import sys
 import time
 
 import pytest
-from ray.cluster_utils import Cluster
 
 from study.records import StudyRecords
+
+from conftest import lossy_cluster
 
 ADVTUNE = [sys.executable, "-m", "study.cli"]
 N_TRIALS, EPOCHS = 4, 5
@@ -19,14 +20,8 @@ N_TRIALS, EPOCHS = 4, 5
 @pytest.fixture
 def cluster(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False,  # no trial on the head: only on the workers
-        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                           "health_check_timeout_ms": 500, "health_check_failure_threshold": 4}})
-    workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    c.wait_for_nodes()
-    yield c, workers
-    c.shutdown()
+    with lossy_cluster() as (c, workers):
+        yield c, workers
 
 
 def test_trials_of_a_dead_node_resume_elsewhere_and_finish(cluster, tmp_path):
