@@ -140,7 +140,7 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
     else:
         if getattr(args, "optuna_storage", None):
             raise StudyError("--optuna-storage is for studies in cloud storage; on a filesystem path the Optuna "
-                             f"study is STUDY/optuna.db, which optuna-dashboard opens (drop --optuna-storage)")
+                             "study is STUDY/optuna.db, which optuna-dashboard opens (drop --optuna-storage)")
         storage = str(Path(storage).expanduser().resolve())
     from .objectives import parse_objective
 

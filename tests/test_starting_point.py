@@ -4,7 +4,6 @@ are reported; torchvision weights keep their own (ImageNet) normalization unless
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from study.cli import main
-from trainables.checkpoints import FORMAT, CheckpointError, load_starting_point, save_atomic
+from trainables.checkpoints import FORMAT, load_starting_point, save_atomic
 from trainables.config import ConfigError, TrialConfig
 from trainables.load_report import read_report
 from trainables.models import build_model
