@@ -103,7 +103,8 @@ def _set_args(sets: list[str]) -> list[str]:
 
 def _study_argv(root: Path, name: str, n: int, slots: int, epochs: int, sets: list[str], cpus: str = "auto") -> list[str]:
     return ["run", "--name", name, "--storage-path", str(root), "--num-samples", str(n), "--max-epochs", str(epochs),
-            "--grace-period", str(epochs), "--concurrency", str(slots), "--cpus-per-trial", cpus, *_set_args(sets)]
+            "--grace-period", str(epochs), "--concurrency", str(slots), "--cpus-per-trial", cpus,
+            "--final-attack", "none", *_set_args(sets)]  # the orchestration, not the strong evaluation (see §7)
 
 
 def epoch_seconds(metrics: Path) -> float:
