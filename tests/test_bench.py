@@ -1,7 +1,7 @@
 """Every benchmark's ``--quick`` mode runs and prints the ratio lines it promises (with numbers).
 
 Runs each ``bench/*.py --quick`` as a subprocess (digits only: no dataset outside the package is
-needed). The five run at once, one torch thread each (3 min 6 s on the 2-core CPU machine at load ~9; local Ray
+needed). They run at once, one torch thread each (3 min 6 s on the 2-core CPU machine at load ~9; local Ray
 starts several times).
 """
 from __future__ import annotations
@@ -41,6 +41,10 @@ PROMISES = {
         rf"^RATIO upload_over_epoch={NUM} model=small_cnn upload_s={NUM} epoch_s={NUM} ckpt_mb={NUM} "
         rf"upload_mb_per_s={NUM}",
     ],
+    "pick_holds.py": [
+        rf"^RATIO seed=0 selection={NUM} strong={NUM} test_aa={NUM} strong_minus_test={NUM} selection_minus_test={NUM}",
+        rf"^SUMMARY seeds=1 strong_minus_test_median={NUM} selection_minus_test_median={NUM}",
+    ],
     "finetune_vs_scratch.py": [
         rf"^RATIO finetune robust={NUM} clean={NUM} grad_passes={NUM} pretrain_passes={NUM}",
         rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
@@ -49,7 +53,7 @@ PROMISES = {
 }
 # numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
 # (at_equal_robust is nan when scratch never reaches fine-tuning's accuracy; the lower bound is then what counts)
-MUST_BE_FINITE = {"importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
+MUST_BE_FINITE = {"pick_holds.py": (0, 1, 2), "importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
 
 
 def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):
