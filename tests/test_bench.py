@@ -53,7 +53,7 @@ PROMISES = {
 }
 # numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
 # (at_equal_robust is nan when scratch never reaches fine-tuning's accuracy; the lower bound is then what counts)
-MUST_BE_FINITE = {"pick_holds.py": (0, 1, 2), "importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
+MUST_BE_FINITE = {"pick_holds.py": (), "importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
 
 
 def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):
