@@ -131,10 +131,6 @@ def complete_records(remote: Remote, records: StudyRecords) -> int:
             continue
         with remote.fs.open_input_stream(f"{newest[2]}/{HISTORY}") as f:
             history: list[dict[str, Any]] = [json.loads(ln) for ln in f.read().decode().splitlines() if ln.strip()]
-        last = rec.epochs_run
-        for m in history:
-            if m["epoch"] > last:
-                records.on_result(rec.trial_id, m)
-                added += 1
+        added += records.complete(rec.trial_id, history)
     records.close()
     return added

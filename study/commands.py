@@ -207,7 +207,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         spec = replace(spec, address=args.address)
-    print(f"resuming study {spec.name} in {study_dir}", flush=True)
+    from .records import StudyRecords
+
+    added = StudyRecords(study_dir).complete_from_histories()
+    print(f"resuming study {spec.name} in {study_dir}"
+          + (f" ({added} epoch(s) restored from the trials' histories)" if added else ""), flush=True)
     return _launch(spec, None, study_dir, resume=True, pretrain_cfg=marker.get("pretrain_from"))
 
 

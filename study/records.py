@@ -8,6 +8,8 @@ Layout of a study directory::
     trials/<id>/params.json   the trial's searched values
     trials/<id>/metrics.jsonl one line per validation (epoch continuous: a re-run replaces)
     trials/<id>/state.json    final state: completed | pruned | diverged | catastrophic_overfitting | error
+    trials/<id>/history.jsonl the metrics of every checkpointed epoch, written by the trial itself before
+                              its checkpoint (what a killed driver had not recorded comes back from it)
     trials/<id>/best.pt, last.pt
     tensorboard/<id>/         scalars of every metric + an HParams session per trial
     export/                   `advtune export` output
@@ -113,6 +115,24 @@ class StudyRecords:
             os.replace(tmp, path)
         if len(kept) == len(old):
             self._scalars(trial_id, keep)
+
+    def complete(self, trial_id: str, history: list[dict[str, Any]]) -> int:
+        """Record the epochs of ``history`` (the metrics a trial keeps with its checkpoints) that come after
+        the trial's last recorded one: a driver killed between a trial's checkpoint and its result being
+        recorded would otherwise lose that epoch, since the trial resumes after it. Returns how many."""
+        last, added = self.load_trial(trial_id).epochs_run, 0
+        for m in history:
+            if m["epoch"] > last:
+                self.on_result(trial_id, m)
+                last, added = m["epoch"], added + 1
+        return added
+
+    def complete_from_histories(self) -> int:
+        """:meth:`complete` every unfinished trial from its ``history.jsonl`` (a study on a shared path)."""
+        added = sum(self.complete(rec.trial_id, read_jsonl(rec.directory / "history.jsonl"))
+                    for rec in self.load() if rec.state not in FINAL_STATES and rec.directory is not None)
+        self.close()
+        return added
 
     def on_end(self, trial_id: str, state: str, error: str = "") -> None:
         _write_json(self.trial_dir(trial_id) / "state.json", {"state": state, "error": error})

@@ -163,8 +163,9 @@ def test_status_export_and_report_from_the_uri_alone(study, tmp_path):
 
 def test_resume_point_is_the_newest_complete_checkpoint_whatever_ray_names(s3_server):
     """Ray's snapshot can name an older checkpoint than the bucket holds, and a lost node can leave an upload
-    half done: the trial resumes from the complete checkpoint of the highest epoch."""
-    from trainables.cloud_adapter import _checkpoint_indices, _seal, newest_checkpoint
+    half done: the trial resumes from the complete checkpoint of the highest epoch, and only that one stays
+    (a trial that had finished registers no new checkpoint, so Ray would never delete the one it names)."""
+    from trainables.cloud_adapter import _checkpoint_indices, _drop_stale, _seal, newest_checkpoint
 
     fs, root = pafs.FileSystem.from_uri(f"{URI}/unit/trial_fn_x_00000")
     local = Path(os.environ["ADVTUNE_CACHE"]) / "unit-ckpt"
@@ -182,3 +183,9 @@ def test_resume_point_is_the_newest_complete_checkpoint_whatever_ray_names(s3_se
     assert max(_checkpoint_indices(fs, root)) == 4  # the next checkpoint goes past the incomplete one
     with fs.open_input_stream(f"{path}/manifest.json") as f:
         assert json.loads(f.read())["files"]["last.pt"] == 20
+    known = f"{root}/checkpoint_000000"  # what Ray's snapshot names: emptied, its folder kept for Ray to delete
+    _drop_stale(fs, root, path, known)
+    left = _bucket_files(f"{URI}/unit/trial_fn_x_00000")
+    assert sorted(left) == ["checkpoint_000003/best.pt", "checkpoint_000003/history.jsonl",
+                            "checkpoint_000003/last.pt", "checkpoint_000003/manifest.json"]
+    assert fs.get_file_info(known).type == pafs.FileType.Directory

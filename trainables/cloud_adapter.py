@@ -87,15 +87,28 @@ def fill_placeholders(fs, trial_path: str) -> int:
     return len(missing)
 
 
-def _drop_placeholders(fs, trial_path: str, keep: str | None) -> None:
+def _drop_stale(fs, trial_path: str, newest: str | None, known: str | None) -> None:
+    """Leave one checkpoint in the trial's folder: the newest complete one, which the trial resumes from.
+
+    A driver killed between a checkpoint's upload and Ray registering it leaves the folder before it in the
+    bucket (Ray deletes the one it knows of only when a newer one registers, and a trial that had finished
+    registers none). Every other folder goes, except that the one Ray names (``known``) keeps its (now
+    empty) folder: Ray deletes that one itself when the next checkpoint registers, and fails if it is gone.
+    Placeholders (see :func:`fill_placeholders`) are empty folders and go the same way."""
     import pyarrow.fs as pafs
 
+    strip = lambda p: (p or "").strip("/")  # noqa: E731
     for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
         name = info.path.rstrip("/").rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.Directory and name.startswith("checkpoint_") and \
-                info.path.strip("/") != (keep or "").strip("/") and \
-                not fs.get_file_info(pafs.FileSelector(info.path, recursive=True)):
-            fs.delete_dir(info.path)  # Ray deletes the one it names once a newer checkpoint registers
+        if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_") or \
+                strip(info.path) == strip(newest):
+            continue
+        if strip(info.path) == strip(known):
+            fs.delete_dir_contents(info.path, missing_dir_ok=True)
+            if fs.get_file_info(info.path).type == pafs.FileType.NotFound:  # S3 drops a prefix with its objects
+                fs.create_dir(info.path)
+        else:
+            fs.delete_dir(info.path)
 
 
 class CloudReporter:
@@ -135,9 +148,9 @@ def run_cloud_trial(cfg, trial_id: str) -> None:
     fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
     known = tune.get_checkpoint()
     newest = newest_checkpoint(fs, trial_path)
-    _drop_placeholders(fs, trial_path, keep=known.path if known is not None else None)
     # past every folder there (complete or not): the next checkpoint never lands on an existing one
     storage.current_checkpoint_index = max([storage.current_checkpoint_index, *_checkpoint_indices(fs, trial_path)])
+    _drop_stale(fs, trial_path, newest[2] if newest is not None else None, known.path if known is not None else None)
     resume, history = None, []
     if newest is not None:
         resume = Path(tempfile.mkdtemp(prefix="advtune-resume-"))

@@ -11,6 +11,7 @@ cloud storage (a URI) hands its checkpoints to Ray instead: ``trainables/cloud_a
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -48,6 +49,11 @@ class TuneReporter:
         if checkpoint_dir is not None:
             with open(self.trial_dir / "epochs_trained.log", "a") as log:  # append-only: proves no epoch is redone
                 log.write(f"{metrics['epoch']}\n")
+            # before the checkpoint: every epoch a resume starts after is in it (a killed driver may not have
+            # recorded the epoch; `advtune resume` puts it back from here). A kill between the two leaves
+            # the history one epoch ahead; the epoch is then trained again and its new line replaces that one.
+            with open(self.trial_dir / "history.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
             for name in ("best.pt", "last.pt"):  # best first: a kill in between leaves a consistent pair
                 src = os.path.join(checkpoint_dir, name)
                 if os.path.exists(src):
