@@ -80,11 +80,16 @@ def _selection(rec: TrialRecord) -> float:
     return rec.best["robust_acc"] if rec.best else -1.0
 
 
-def candidates(records: list[TrialRecord], last_rung: int, top_k: int | None) -> list[TrialRecord]:
-    """The trials to evaluate, best selection figure first: the top ``top_k`` trials with a best.pt;
-    by default every trial that reached ``last_rung`` (epochs), at least 3."""
-    pool = sorted((r for r in records if r.best and r.directory and (r.directory / "best.pt").exists()),
-                  key=lambda r: (-_selection(r), r.trial_id))
+def _local_best(rec: TrialRecord) -> bool:
+    return bool(rec.directory and (rec.directory / "best.pt").exists())
+
+
+def candidates(records: list[TrialRecord], last_rung: int, top_k: int | None,
+               has_best=_local_best) -> list[TrialRecord]:
+    """The trials to evaluate, best selection figure first: the top ``top_k`` trials with a best.pt
+    (``has_best``: in the trial's folder; a study in cloud storage asks the bucket); by default every
+    trial that reached ``last_rung`` (epochs), at least 3."""
+    pool = sorted((r for r in records if r.best and has_best(r)), key=lambda r: (-_selection(r), r.trial_id))
     if top_k is None:
         top_k = max(MIN_TOP_K, sum(r.epochs_run >= last_rung for r in pool))
     return pool[:top_k]
@@ -180,13 +185,15 @@ def evaluate_task(checkpoint: str, attack: str, images: int, threads: int) -> di
     return strong_eval(checkpoint, attack, images)
 
 
-def _checkpoint_of(spec, rec: TrialRecord) -> str:
-    """The trial's best.pt: in its folder, or for a study in cloud storage its URI in the bucket."""
+def _checkpoints(spec, records: list[TrialRecord]) -> dict[str, str]:
+    """Each trial's best.pt that exists: in its folder, or for a study in cloud storage (where the staging
+    folder holds no checkpoint) its URI in the bucket."""
     if getattr(spec, "is_cloud", False):
         from .cloud_study import best_checkpoint_uri
 
-        return best_checkpoint_uri(spec.to_dict(), rec.trial_id)
-    return str(rec.directory / "best.pt")
+        uris = {r.trial_id: best_checkpoint_uri(spec.to_dict(), r.trial_id) for r in records}
+        return {t: u for t, u in uris.items() if u.endswith("/best.pt")}  # else: "(no checkpoint … in the bucket)"
+    return {r.trial_id: str(r.directory / "best.pt") for r in records if _local_best(r)}
 
 
 def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
@@ -207,12 +214,17 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
     attack = resolve_attack(attack)
     images = resolve_images(getattr(spec, "final_images", None), spec.gpus_per_trial)
     rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
-    chosen = candidates(records, rungs[-1] if rungs else spec.max_epochs, getattr(spec, "final_top_k", None))
+    checkpoints = _checkpoints(spec, records)
+    chosen = candidates(records, rungs[-1] if rungs else spec.max_epochs, getattr(spec, "final_top_k", None),
+                        has_best=lambda r: r.trial_id in checkpoints)
     settings = {"attack": attack, "images": images, "top_k": getattr(spec, "final_top_k", None), "seed": 0}
     final = load_final(study_dir)
     if final.get("settings", {}).get("attack") != attack or final.get("settings", {}).get("images") != images:
         final = {}
     final = {"settings": settings, "trials": dict(final.get("trials") or {})}
+    if not chosen:
+        print("final strong evaluation: no trial has a best.pt to evaluate", flush=True)
+        return None
     todo = [r for r in chosen if r.trial_id not in final["trials"]]
     if not todo:
         return final
@@ -221,7 +233,7 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
     threads = int(spec.cpus_per_trial or 1)
     print(f"\nfinal strong evaluation of the top {len(chosen)} trials: {ATTACKS[attack]}, on up to {images} "
           f"validation images, {len(todo)} Ray task(s) with one trial's resources…", flush=True)
-    args = [(_checkpoint_of(spec, r), attack, images, threads) for r in todo]
+    args = [(checkpoints[r.trial_id], attack, images, threads) for r in todo]
     writer = StudyRecords(study_dir)
     for i, result in tb.run_tasks(evaluate_task, args, num_cpus=spec.cpus_per_trial or 1,
                                   num_gpus=spec.gpus_per_trial):

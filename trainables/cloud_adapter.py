@@ -79,7 +79,7 @@ def fill_placeholders(fs, trial_path: str) -> int:
     """Before a study is restored: Ray's snapshot may name a checkpoint it deleted after the snapshot was
     taken (a newer one replaced it); Ray refuses to restore a trial from a path that is gone. An empty
     folder stands in for each missing index below the newest (the trial resumes from the newest complete
-    checkpoint anyway, and removes the stand-ins Ray does not name). Returns how many were made."""
+    checkpoint anyway). Returns how many were made."""
     indices = _checkpoint_indices(fs, trial_path)
     missing = sorted(set(range(max(indices, default=0))) - set(indices))
     for i in missing:
@@ -87,35 +87,35 @@ def fill_placeholders(fs, trial_path: str) -> int:
     return len(missing)
 
 
-def _drop_stale(fs, trial_path: str, newest: str | None, known: str | None) -> None:
-    """Leave one checkpoint in the trial's folder: the newest complete one, which the trial resumes from.
+def _empty_others(fs, trial_path: str, keep: str | None) -> None:
+    """Leave the checkpoint ``keep`` the only one with files in the trial's folder.
 
-    A driver killed between a checkpoint's upload and Ray registering it leaves the folder before it in the
-    bucket (Ray deletes the one it knows of only when a newer one registers, and a trial that had finished
-    registers none). Every other folder goes, except that the one Ray names (``known``) keeps its (now
-    empty) folder: Ray deletes that one itself when the next checkpoint registers, and fails if it is gone.
-    Placeholders (see :func:`fill_placeholders`) are empty folders and go the same way."""
+    Ray deletes the checkpoint it registered before once a newer one registers, but not every older one:
+    a checkpoint from before a lost node (the retry's checkpoint manager starts afresh) or one uploaded
+    just before the driver was killed stays in the bucket for good. So the trial empties every other
+    checkpoint folder itself — at its start (``keep``: the one it resumes from) and after each upload
+    (``keep``: the one just uploaded, complete before ``tune.report`` returns). The folders stay, empty:
+    Ray deletes the one it tracks itself when the next checkpoint registers, and fails if it is gone."""
     import pyarrow.fs as pafs
 
     strip = lambda p: (p or "").strip("/")  # noqa: E731
     for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
         name = info.path.rstrip("/").rsplit("/", 1)[-1]
         if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_") or \
-                strip(info.path) == strip(newest):
+                strip(info.path) == strip(keep):
             continue
-        if strip(info.path) == strip(known):
+        if fs.get_file_info(pafs.FileSelector(info.path, recursive=True)):
             fs.delete_dir_contents(info.path, missing_dir_ok=True)
-            if fs.get_file_info(info.path).type == pafs.FileType.NotFound:  # S3 drops a prefix with its objects
-                fs.create_dir(info.path)
-        else:
-            fs.delete_dir(info.path)
+        if fs.get_file_info(info.path).type == pafs.FileType.NotFound:  # S3 drops a prefix with its objects
+            fs.create_dir(info.path)
 
 
 class CloudReporter:
     """Hands each checkpoint folder to Ray Tune (which uploads it) and keeps the trial's history."""
 
-    def __init__(self, fs, study_path: str, trial_id: str, history: list[dict[str, Any]]) -> None:
-        self.fs, self.history = fs, history
+    def __init__(self, storage, trial_id: str, history: list[dict[str, Any]]) -> None:
+        self.storage, self.fs, self.history = storage, storage.storage_filesystem, history
+        study_path = storage.experiment_fs_path
         self.marks = f"{study_path}/trials/{trial_id}/epochs_trained"
         self.attempt = uuid.uuid4().hex[:8]
 
@@ -136,6 +136,7 @@ class CloudReporter:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))  # uploads before returning
         finally:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        _empty_others(self.fs, self.storage.trial_fs_path, self.storage.checkpoint_fs_path)
 
 
 def run_cloud_trial(cfg, trial_id: str) -> None:
@@ -146,11 +147,10 @@ def run_cloud_trial(cfg, trial_id: str) -> None:
 
     storage = tune.get_context().get_storage()
     fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
-    known = tune.get_checkpoint()
     newest = newest_checkpoint(fs, trial_path)
     # past every folder there (complete or not): the next checkpoint never lands on an existing one
     storage.current_checkpoint_index = max([storage.current_checkpoint_index, *_checkpoint_indices(fs, trial_path)])
-    _drop_stale(fs, trial_path, newest[2] if newest is not None else None, known.path if known is not None else None)
+    _empty_others(fs, trial_path, newest[2] if newest is not None else None)
     resume, history = None, []
     if newest is not None:
         resume = Path(tempfile.mkdtemp(prefix="advtune-resume-"))
@@ -158,7 +158,7 @@ def run_cloud_trial(cfg, trial_id: str) -> None:
 
         pafs.copy_files(newest[2], str(resume), source_filesystem=fs)
         history = [json.loads(ln) for ln in (resume / HISTORY).read_text().splitlines() if ln.strip()]
-    reporter = CloudReporter(fs, storage.experiment_fs_path, trial_id, history)
+    reporter = CloudReporter(storage, trial_id, history)
     try:
         finetune.run(cfg, reporter, resume_from=resume)
     finally:
