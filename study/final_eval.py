@@ -30,7 +30,7 @@ from .errors import StudyError
 from .records import FINAL_STATES, TrialRecord
 
 __all__ = ["FILE", "CHOICES", "DEFAULT_IMAGES", "resolve_images", "GAP_FLAG", "GAP_WARNING", "check_settings", "resolve_attack",
-           "candidates", "load_final", "strong_of", "rank", "strong_table", "run_final_eval", "evaluate_task"]
+           "candidates", "load_final", "strong_of", "rank", "strong_table", "half_width", "run_final_eval", "evaluate_task"]
 
 FILE = "final_eval.json"
 CHOICES = ("auto", "autoattack", "apgd", "pgd", "none")
@@ -134,18 +134,29 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
+def half_width(acc: float, n: int) -> float:
+    """Half-width of the 95% interval of an accuracy measured on ``n`` images (normal approximation, at least
+    the 1/n resolution). The study's pick was also *selected* on these validation images, which biases its
+    figure up beyond this interval (docs/benchmarks.md §8)."""
+    import math
+
+    return max(1.96 * math.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1)), 1 / max(n, 1))
+
+
 def strong_table(records: list[TrialRecord], final: dict[str, Any]) -> str:
-    """The compact table of the end of a study: trial, both figures, clean accuracy, gap, flag."""
+    """The compact table of the end of a study: trial, both figures, the strong figure's 95% interval,
+    clean accuracy, gap, flag."""
     rows = [r for r in rank(records, final) if strong_of(final, r.trial_id)]
     if not rows:
         return "no strong evaluation"
     val = strong_of(final, rows[0].trial_id)["val_attack"].upper() + "%"
-    head = f"{'trial':<12} {'selection%':>10} {val:>10} {'strong%':>8} {'clean%':>7} {'gap':>6}  flag"
+    head = f"{'trial':<12} {'selection%':>10} {val:>10} {'strong%':>8} {'±95%':>5} {'clean%':>7} {'gap':>6}  flag"
     lines = [head, "-" * len(head)]
     for r in rows:
         s = strong_of(final, r.trial_id)
         lines.append(f"{r.trial_id:<12} {_pct(s['selection_robust_acc']):>10} {_pct(s['val_attack_acc']):>10} "
-                     f"{_pct(s['robust_acc']):>8} {_pct(s['clean_acc']):>7} {100 * s['gap']:>+6.1f}  "
+                     f"{_pct(s['robust_acc']):>8} {100 * half_width(s['robust_acc'], s.get('n', 0)):>5.1f} "
+                     f"{_pct(s['clean_acc']):>7} {100 * s['gap']:>+6.1f}  "
                      f"{('! ' + GAP_WARNING) if s['flag'] else ''}")
     return "\n".join(lines)
 
@@ -161,7 +172,8 @@ def describe(final: dict[str, Any]) -> str:
     return (f"strong attack: {ATTACKS.get(st.get('attack'), st.get('attack'))}, on the first {n} validation images; "
             "selection = the validation attack's best robust accuracy over the whole validation split (what ASHA "
             f"and Optuna ranked on); {val} = the validation attack on the strong attack's images; gap = {val} - "
-            "strong, on the same images")
+            "strong, on the same images; ±95% = the strong figure's sampling interval on that many images (the "
+            "pick was also selected on them: expect the test split a little lower)")
 
 
 def _save(study_dir: Path, final: dict[str, Any]) -> None:

@@ -160,3 +160,17 @@ def test_report_draws_the_strong_panel_and_ranks_its_table_by_the_strong_figure(
     rows = table.split("<tr>")[2:]
     assert [next(t for t in TRIALS if f"<code>{t}</code>" in row) for row in rows] == ["d", "b", "a", "c"]
     assert "+10.0 !" in rows[2] and "!" not in rows[0] + rows[1]  # a: 10 points below its selection figure
+
+
+def test_the_strong_figure_carries_its_sampling_interval():
+    """288 images at 40%: +-5.7 points (95%); the table prints it beside strong%."""
+    from study.final_eval import half_width
+
+    assert half_width(0.40, 288) == pytest.approx(1.96 * (0.4 * 0.6 / 288) ** 0.5)
+    assert round(100 * half_width(0.40, 288), 1) == 5.7
+    assert half_width(1.0, 50) == pytest.approx(1 / 50)  # never 0: one image is the resolution
+    final = _final({"x": (0.50, 0.47)})
+    table = strong_table([TrialRecord("x", {}, _metrics(0.50), "completed")], final).splitlines()
+    assert "±95%" in table[0]
+    n = final["trials"]["x"]["n"]
+    assert f"{100 * half_width(0.47, n):.1f}" in table[2].split()
