@@ -113,6 +113,26 @@ def recorder(tmp_path: Path):
     return make
 
 
+SMALL_STUDY = ["--num-samples", "6", "--max-epochs", "3", "--reduction-factor", "3", "--concurrency", "2", "--seed", "1",
+               "--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=4",
+               "--final-attack", "pgd", "--final-images", "64", "--final-top-k", "4"]  # PGD-50-5: no extra needed
+
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory) -> Path:
+    """One small finished study (6 trials, ASHA, final strong evaluation of the top 4) that the study and
+    report tests share: `advtune run` in a subprocess (its own local Ray, ended with it)."""
+    import subprocess
+    import sys
+
+    storage = tmp_path_factory.mktemp("studies")
+    res = subprocess.run([sys.executable, "-m", "study.cli", "run", "--name", "small", "--storage-path", str(storage),
+                          *SMALL_STUDY], env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True,
+                         text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return storage / "small"
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """Ray on this machine for one test module (never a bare ray.init(): it would join any cluster running

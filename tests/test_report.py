@@ -29,19 +29,15 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def study(local_ray, tmp_path_factory) -> Path:
-    storage = tmp_path_factory.mktemp("studies")
-    rc = main(["run", "--name", "rep", "--storage-path", str(storage), "--num-samples", "5", "--max-epochs", "3",
-               "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", "--set", "train_steps=2",
-               "--set", "val_steps=3", "--set", "pretrain_epochs=3", "--final-attack", "pgd", "--final-images", "48"])
-    assert rc == 0
-    return storage / "rep"
+def study(small_study) -> Path:
+    """conftest's small study (shared with tests/test_study.py): 6 trials, ASHA, final evaluation of the top 4."""
+    return small_study
 
 
 @pytest.fixture(scope="module")
 def report(study, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "out"
-    ray.shutdown()  # the report must not need a running cluster
+    assert not ray.is_initialized()  # the report must not need a running cluster
     assert main(["report", str(study), "--out", str(out), "--top-k", str(TOP_K)]) == 0
     return out
 
@@ -92,7 +88,7 @@ def test_html_embeds_every_plot_once(report):
 def test_html_lists_the_top_k_configs_and_the_summary(report, study):
     page = (report / "index.html").read_text(encoding="utf-8")
     marker = json.loads((study / MARKER).read_text())
-    assert "<title>advtune report: rep</title>" in page
+    assert f"<title>advtune report: {marker['spec']['name']}</title>" in page
     table = page[page.index("<table>"):page.index("</table>")]
     rows = table.split("<tr>")[2:]  # after the header row
     best = ranked(study)
@@ -261,7 +257,7 @@ def test_page_loads_in_headless_chromium_without_console_errors(report, study, t
     assert not errors, errors
     urls = [ev["params"]["request"]["url"] for ev in cdp.events if ev.get("method") == "Network.requestWillBeSent"]
     assert all(u.split(":", 1)[0] in ("file", "data") for u in urls), [u[:80] for u in urls]
-    assert seen["title"] == "advtune report: rep" and seen["h1"] == "advtune report: rep"
+    assert seen["title"] == "advtune report: small" and seen["h1"] == "advtune report: small"
     assert sorted(str(i[0]) for i in seen["imgs"]) == sorted(PLOTS)
     for name, complete, width, alt in seen["imgs"]:
         assert complete and width >= 600 and alt, (name, complete, width, alt)

@@ -11,6 +11,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from conftest import SMALL_STUDY
 from study.cli import main
 from study.records import StudyRecords
 
@@ -20,13 +21,11 @@ FINAL = ["--final-attack", "pgd", "--final-images", "64", "--final-top-k", "4"] 
 
 
 @pytest.fixture(scope="module")
-def study(local_ray, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("studies")
-    rc = main(["run", "--name", "small", "--storage-path", str(storage), "--num-samples", str(N_TRIALS),
-               "--max-epochs", str(EPOCHS), "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", *TINY,
-               *FINAL])
-    assert rc == 0
-    return storage / "small"
+def study(local_ray, small_study):
+    """conftest's small study (shared with the report tests): N_TRIALS trials, EPOCHS epochs, FINAL."""
+    assert f"--num-samples {N_TRIALS} --max-epochs {EPOCHS}" in " ".join(SMALL_STUDY)
+    assert " ".join(FINAL) in " ".join(SMALL_STUDY)
+    return small_study
 
 
 def test_asha_stops_trials_and_optuna_records_them_as_pruned(study):
