@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install system-packages docs-check clean
+.PHONY: run test bench-check install system-packages docs-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ system-packages:
 
 test: $(STAMP) system-packages
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+# Every benchmark's --quick mode prints the ratio lines it promises (~5 min; CI runs it after `make test`)
+bench-check: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q bench/test_quick_modes.py
 
 clean:
 	rm -rf $(VENV) advtune_runs runs

@@ -1,8 +1,10 @@
 """Every benchmark's ``--quick`` mode runs and prints the ratio lines it promises (with numbers).
 
 Runs each ``bench/*.py --quick`` as a subprocess (digits only: no dataset outside the package is
-needed). They run at once, one torch thread each (3 min 6 s on the 2-core CPU machine at load ~9; local Ray
-starts several times).
+needed). They run at once, one torch thread each: about 5 min on the 2-core CPU machine (overhead.py, which
+starts local Ray five times, is the longest). Not part of the test suite (it checks the measurement scripts,
+not advtune, and would be a fifth of the suite's time): ``make bench-check`` runs it, and CI runs that after
+``make test``.
 """
 from __future__ import annotations
 
