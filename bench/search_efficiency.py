@@ -245,6 +245,8 @@ def main() -> int:
                               "seeds": sorted({int(k.split("-")[0]) for k in saved})}, "results": saved}
         for k, v in saved["args"].items():
             setattr(args, k, v)
+        # an interrupted run (results are saved after every study): analyse the seeds it finished
+        args.seeds = [s for s in args.seeds if all(f"{s}-{m}" in saved["results"] for m in "abc")]
         analyse({(int(k.split("-")[0]), k.split("-")[1]): v for k, v in saved["results"].items()}, args, tmp)
         return 0
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -262,11 +264,20 @@ def main() -> int:
     sets.append(f"pretrained={pre}")
     tb.init_ray(None, num_cpus=2)
     results: dict = {}
+
+    def save() -> dict:  # after every study, so an interrupted run keeps what it measured (--from-json reads it)
+        saved = {"args": {k: getattr(args, k) for k in ("dataset", "trials", "epochs", "seeds", "objective", "sampler")},
+                 "results": {f"{s}-{m}": r for (s, m), r in results.items()}}
+        (tmp / "results.json").write_text(json.dumps(saved, indent=1))
+        return saved
+
+    print(f"curves (written after every study): {tmp / 'results.json'}", flush=True)
     try:
         for seed in args.seeds:
             for m in "abc":
                 res = run_study(m, tmp / "studies", args, seed, sets)
                 results[(seed, m)] = res
+                save()
                 c = res["curve"]
                 print(f"seed {seed} ({m}) {METHODS[m]:<30} {res['trials']} trials, {res['pruned']} pruned "
                       f"(first rung epoch {res['grace'] if m != 'a' else '-'}), best robust {100 * c[-1][1]:.1f}%, "
@@ -274,10 +285,6 @@ def main() -> int:
     finally:
         ray.shutdown()
 
-    saved = {"args": {k: getattr(args, k) for k in ("dataset", "trials", "epochs", "seeds", "objective", "sampler")},
-             "results": {f"{s}-{m}": r for (s, m), r in results.items()}}
-    (tmp / "results.json").write_text(json.dumps(saved, indent=1))
-    print(f"curves: {tmp / 'results.json'}")
     analyse(results, args, tmp)
     return 0
 
