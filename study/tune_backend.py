@@ -144,7 +144,10 @@ def make_sampler(kind: str, seed: int, n_startup: int):
 
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
+    # multivariate: one joint density over the space, not one per parameter (peak LR and warmup interact);
+    # constant_liar: trials still running count as bad guesses, so trials started at once do not all
+    # land on the same region (a study runs `concurrency` trials at once).
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, constant_liar=True)
 
 
 def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
