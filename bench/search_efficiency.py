@@ -230,8 +230,9 @@ def main() -> int:
                     "robust:clean>=X); (a) and (b) always search robust accuracy. Curves compare best robust accuracy")
     ap.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="(c)'s `advtune run --sampler`")
     ap.add_argument("--plot", default=None, help="PNG path (default docs/img/bench-search.png; quick: a temp file)")
-    ap.add_argument("--from-json", metavar="RESULTS", default=None,
-                    help="analyse and plot the curves a previous run saved (its results.json) instead of running")
+    ap.add_argument("--from-json", metavar="RESULTS", nargs="+", default=None,
+                    help="analyse and plot the curves previous runs saved (their results.json; runs of other seeds "
+                    "with the same settings are merged) instead of running")
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.dataset = "digits" if args.quick else (args.dataset or "fashion-mnist")
@@ -239,15 +240,24 @@ def main() -> int:
     args.epochs = args.epochs or (2 if args.quick else 4 if args.dataset == "fashion-mnist" else 6)
     tmp = Path(tempfile.mkdtemp(prefix="advtune-search-"))
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
-        if "results" not in saved:  # the first format: the results alone (full mode's defaults)
-            saved = {"args": {"dataset": args.dataset, "trials": args.trials, "epochs": args.epochs,
-                              "seeds": sorted({int(k.split("-")[0]) for k in saved})}, "results": saved}
-        for k, v in saved["args"].items():
+        merged: dict = {"args": None, "results": {}}
+        for path in args.from_json:  # runs of other seeds (same settings) are merged: seeds can run in sessions
+            saved = json.loads(Path(path).read_text())
+            if "results" not in saved:  # the first format: the results alone (full mode's defaults)
+                saved = {"args": {"dataset": args.dataset, "trials": args.trials, "epochs": args.epochs,
+                                  "seeds": sorted({int(k.split("-")[0]) for k in saved})}, "results": saved}
+            if merged["args"] is not None:
+                other = {k: v for k, v in saved["args"].items() if k != "seeds"}
+                if other != {k: v for k, v in merged["args"].items() if k != "seeds"}:
+                    raise SystemExit(f"{path} was run with other settings ({other}); merge only runs of one setting")
+                saved["args"]["seeds"] = sorted(set(merged["args"]["seeds"]) | set(saved["args"]["seeds"]))
+            merged["args"] = saved["args"]
+            merged["results"].update(saved["results"])
+        for k, v in merged["args"].items():
             setattr(args, k, v)
         # an interrupted run (results are saved after every study): analyse the seeds it finished
-        args.seeds = [s for s in args.seeds if all(f"{s}-{m}" in saved["results"] for m in "abc")]
-        analyse({(int(k.split("-")[0]), k.split("-")[1]): v for k, v in saved["results"].items()}, args, tmp)
+        args.seeds = [s for s in args.seeds if all(f"{s}-{m}" in merged["results"] for m in "abc")]
+        analyse({(int(k.split("-")[0]), k.split("-")[1]): v for k, v in merged["results"].items()}, args, tmp)
         return 0
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("ADVTUNE_CACHE", str(tmp / "cache"))
