@@ -149,7 +149,7 @@ def plot(results: dict, seeds: list[int], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"a": "tab:gray", "b": "tab:blue", "c": "tab:red"}
-    fig, axes = plt.subplots(1, len(seeds), figsize=(4.6 * len(seeds), 3.9), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(seeds), figsize=(max(4.6 * len(seeds), 9.5), 3.9), sharey=True, squeeze=False)
     for ax, seed in zip(axes[0], seeds):
         a_best = results[(seed, "a")]["curve"][-1][1]
         for m in "abc":
