@@ -86,15 +86,17 @@ def _local_best(rec: TrialRecord) -> bool:
 
 def candidates(records: list[TrialRecord], last_rung: int | None, top_k: int | None,
                has_best=_local_best) -> list[TrialRecord]:
-    """The trials to evaluate, best selection figure first: the top ``top_k`` trials with a best.pt
-    (``has_best``: in the trial's folder; a study in cloud storage asks the bucket); by default every
-    trial ASHA let past its ``last_rung`` (epochs; None: a study without rungs, every trial), at least 3.
-    Trials stopped *at* the last rung lost ASHA's last comparison; counting them made the default
-    attack every trial of a study whose only rung is early (12 of 12 in a Fashion-MNIST study)."""
+    """The trials to evaluate, best selection figure first, among those with a best.pt (``has_best``: in
+    the trial's folder; a study in cloud storage asks the bucket): the top ``top_k`` by selection figure;
+    by default every trial ASHA let past its ``last_rung`` (epochs; None: a study without rungs, every
+    trial) and the 3 best by selection figure, wherever ASHA stopped them. Trials stopped *at* the last
+    rung lost ASHA's last comparison: counting them all made the default attack every trial of a study
+    whose only rung is early (12 of 12 in a Fashion-MNIST study); but the best selection figure of a
+    study can belong to one of them (it peaked before the rung), and the export must not miss it."""
     pool = sorted((r for r in records if r.best and has_best(r)), key=lambda r: (-_selection(r), r.trial_id))
-    if top_k is None:
-        top_k = max(MIN_TOP_K, sum(last_rung is None or r.epochs_run > last_rung for r in pool))
-    return pool[:top_k]
+    if top_k is not None:
+        return pool[:top_k]
+    return [r for i, r in enumerate(pool) if i < MIN_TOP_K or last_rung is None or r.epochs_run > last_rung]
 
 
 def load_final(study_dir: str | Path) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class StudySpec:
     optuna_storage: str | None = None  # cloud studies: the user's Optuna database URL (default: in memory)
     # the final strong evaluation of the top trials (study/final_eval.py); studies from before it get these
     final_attack: str = "auto"
-    final_top_k: int | None = None  # None: every trial ASHA let past its last rung, at least 3
+    final_top_k: int | None = None  # None: every trial ASHA let past its last rung and the 3 best by selection
     final_images: int | None = None  # None: 128 validation images on CPU trials, 1000 with GPUs
 
     @property
@@ -204,7 +204,8 @@ def _final_text(spec: StudySpec) -> str:
 
     if spec.final_attack == "none":
         return "final      no strong evaluation (--final-attack none): trials rank by the validation attack"
-    k = f"top {spec.final_top_k}" if spec.final_top_k else "every trial ASHA let past its last rung (at least 3)"
+    k = (f"top {spec.final_top_k}" if spec.final_top_k
+         else "every trial ASHA let past its last rung and the 3 best by selection figure")
     n = resolve_images(spec.final_images, spec.gpus_per_trial)
     return (f"final      {k}: best checkpoints attacked again with {ATTACKS[resolve_attack(spec.final_attack)]} "
             f"on the first {n} validation images; export ranks by that")

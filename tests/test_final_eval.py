@@ -98,21 +98,22 @@ def test_the_gap_flag_is_for_more_than_3_points():
     assert GAP_WARNING not in line["x"] and GAP_WARNING in line["y"]
 
 
-def test_candidates_are_the_trials_past_the_last_rung_at_least_3_at_most_those_with_a_checkpoint(tmp_path):
+def test_candidates_are_every_trial_past_the_last_rung_and_the_3_best_by_selection_with_a_checkpoint(tmp_path):
     recs = []
-    for i, (robust, epochs) in enumerate([(0.5, 8), (0.4, 8), (0.45, 6), (0.3, 6), (0.2, 3), (0.1, 3)]):
+    for i, (robust, epochs) in enumerate([(0.5, 8), (0.4, 8), (0.45, 6), (0.3, 6), (0.2, 3), (0.1, 3), (0.35, 3)]):
         d = tmp_path / f"t{i}"
         d.mkdir()
         (d / "best.pt").write_bytes(b"w")
         recs.append(TrialRecord(f"t{i}", {}, _metrics(robust, epochs), "completed", directory=d))
     ids = lambda rs: [r.trial_id for r in rs]  # noqa: E731
-    # the trials stopped at the last rung lost its comparison: not candidates by default
+    # every trial ASHA kept past the last rung, even one with a low selection figure (t3), and the 3 best by
+    # selection figure, even one ASHA stopped at the last rung (t2); t6, stopped at it and not in the top 3, not
     assert ids(candidates(recs, last_rung=3, top_k=None)) == ["t0", "t2", "t1", "t3"]  # by selection figure
-    assert ids(candidates(recs, last_rung=6, top_k=None)) == ["t0", "t2", "t1"]  # 2 went past it: at least 3
-    assert ids(candidates(recs, last_rung=None, top_k=None)) == ["t0", "t2", "t1", "t3", "t4", "t5"]  # no rungs
+    assert ids(candidates(recs, last_rung=6, top_k=None)) == ["t0", "t2", "t1"]  # 2 went past it, t2 is 2nd best
+    assert ids(candidates(recs, last_rung=None, top_k=None)) == ["t0", "t2", "t1", "t6", "t3", "t4", "t5"]  # no rungs
     assert ids(candidates(recs, last_rung=3, top_k=2)) == ["t0", "t2"]
     (tmp_path / "t2" / "best.pt").unlink()
-    assert ids(candidates(recs, last_rung=3, top_k=None)) == ["t0", "t1", "t3"]
+    assert ids(candidates(recs, last_rung=3, top_k=None)) == ["t0", "t1", "t6", "t3"]
 
 
 @pytest.fixture(scope="module")
