@@ -97,13 +97,30 @@ def _trial_checkpoint(remote: Remote, trial_id: str):
 def fill_placeholders(remote: Remote) -> int:
     """Stand-ins for the checkpoints Ray's snapshot may name but already deleted (see
     ``trainables.cloud_adapter.fill_placeholders``), in every Ray trial folder of the study."""
-    import pyarrow.fs as pafs
-
     from trainables.cloud_adapter import fill_placeholders as fill
 
-    return sum(fill(remote.fs, i.path) for i in remote.fs.get_file_info(pafs.FileSelector(remote.path,
-               allow_not_found=True)) if i.type == pafs.FileType.Directory and i.path.rstrip("/").rsplit("/", 1)[-1]
-               not in ("trials", "tensorboard", "export", "report", "pretrained"))
+    return sum(fill(remote.fs, path) for path in _ray_trial_folders(remote))
+
+
+def _ray_trial_folders(remote: Remote) -> list[str]:
+    import pyarrow.fs as pafs
+
+    return [i.path for i in remote.fs.get_file_info(pafs.FileSelector(remote.path, allow_not_found=True))
+            if i.type == pafs.FileType.Directory and i.path.rstrip("/").rsplit("/", 1)[-1]
+            not in ("trials", "tensorboard", "export", "report", "pretrained")]
+
+
+def keep_newest_checkpoints(remote: Remote) -> None:
+    """When the search has ended: empty every checkpoint folder but each trial's newest complete one.
+    A trial empties the older folders itself after each upload, but a trial's last report never returns
+    (Tune stops it there, at its last epoch or an ASHA rung), so a checkpoint that the driver never
+    registered (uploaded just before a driver was killed, or before a lost node) outlived the trial."""
+    from trainables.cloud_adapter import _empty_others, newest_checkpoint
+
+    for path in _ray_trial_folders(remote):
+        newest = newest_checkpoint(remote.fs, path)
+        if newest is not None:
+            _empty_others(remote.fs, path, newest[2])
 
 
 def best_checkpoint_uri(spec: dict[str, Any], trial_id: str) -> str:

@@ -66,6 +66,11 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         _ensure_pretrained(tb, spec, pretrain_cfg)
         tuner = tb.restore_tuner(spec, study_dir) if resume else tb.make_tuner(spec, space, study_dir)
         tb.fit(tuner)
+        if spec.is_cloud:
+            from .cloud_study import keep_newest_checkpoints
+            from .storage import Remote
+
+            keep_newest_checkpoints(Remote(spec.location, study_dir))
         from .final_eval import run_final_eval
 
         run_final_eval(tb, spec, study_dir)
