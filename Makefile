@@ -1,6 +1,6 @@
 # Two commands for a newcomer on a fresh machine (each creates .venv and installs everything):
 #   make run    the main job on the embedded default: a study on local Ray, bundled digits data
-#   make test   the test suite (what CI runs)
+#   make test   the test suite (CI's .ci/run runs it, then make bench-check)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -247,9 +247,9 @@ def main() -> int:
                 saved = {"args": {"dataset": args.dataset, "trials": args.trials, "epochs": args.epochs,
                                   "seeds": sorted({int(k.split("-")[0]) for k in saved})}, "results": saved}
             if merged["args"] is not None:
-                other = {k: v for k, v in saved["args"].items() if k != "seeds"}
-                if other != {k: v for k, v in merged["args"].items() if k != "seeds"}:
-                    raise SystemExit(f"{path} was run with other settings ({other}); merge only runs of one setting")
+                settings = [{k: v for k, v in a.items() if k != "seeds"} for a in (saved["args"], merged["args"])]
+                if settings[0] != settings[1]:
+                    raise SystemExit(f"{path} was run with other settings ({settings[0]}); merge only runs of one setting")
                 saved["args"]["seeds"] = sorted(set(merged["args"]["seeds"]) | set(saved["args"]["seeds"]))
             merged["args"] = saved["args"]
             merged["results"].update(saved["results"])
@@ -275,11 +275,10 @@ def main() -> int:
     tb.init_ray(None, num_cpus=2)
     results: dict = {}
 
-    def save() -> dict:  # after every study, so an interrupted run keeps what it measured (--from-json reads it)
+    def save() -> None:  # after every study, so an interrupted run keeps what it measured (--from-json reads it)
         saved = {"args": {k: getattr(args, k) for k in ("dataset", "trials", "epochs", "seeds", "objective", "sampler")},
                  "results": {f"{s}-{m}": r for (s, m), r in results.items()}}
         (tmp / "results.json").write_text(json.dumps(saved, indent=1))
-        return saved
 
     print(f"curves (written after every study): {tmp / 'results.json'}", flush=True)
     try:

@@ -111,16 +111,13 @@ def _ray_trial_folders(remote: Remote) -> list[str]:
 
 
 def keep_newest_checkpoints(remote: Remote) -> None:
-    """When the search has ended: empty every checkpoint folder but each trial's newest complete one.
-    A trial empties the older folders itself after each upload, but a trial's last report never returns
-    (Tune stops it there, at its last epoch or an ASHA rung), so a checkpoint that the driver never
-    registered (uploaded just before a driver was killed, or before a lost node) outlived the trial."""
-    from trainables.cloud_adapter import _empty_others, newest_checkpoint
+    """When the search has ended: every trial's newest complete checkpoint is the only one left with files
+    (``trainables.cloud_adapter.keep_only_newest``). A checkpoint the driver never registered (uploaded
+    just before a driver was killed, or before a lost node) would otherwise outlive the trial."""
+    from trainables.cloud_adapter import keep_only_newest
 
     for path in _ray_trial_folders(remote):
-        newest = newest_checkpoint(remote.fs, path)
-        if newest is not None:
-            _empty_others(remote.fs, path, newest[2])
+        keep_only_newest(remote.fs, path)
 
 
 def best_checkpoint_uri(spec: dict[str, Any], trial_id: str) -> str:

@@ -27,8 +27,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CloudReporter", "run_cloud_trial", "complete_checkpoints", "newest_checkpoint", "MANIFEST", "HISTORY",
-           "upload", "fetch"]
+__all__ = ["CloudReporter", "run_cloud_trial", "complete_checkpoints", "newest_checkpoint", "keep_only_newest",
+           "MANIFEST", "HISTORY", "upload", "fetch"]
 
 MANIFEST, HISTORY = "manifest.json", "history.jsonl"
 
@@ -110,6 +110,16 @@ def _empty_others(fs, trial_path: str, keep: str | None) -> None:
             fs.create_dir(info.path)
 
 
+def keep_only_newest(fs, trial_path: str) -> tuple[float, int, str] | None:
+    """Empty every checkpoint folder of the trial but its newest complete one, and return that one (None:
+    no complete checkpoint, every folder emptied). Run by the trial at its start and by the driver when the
+    search has ended: a trial's last report never returns (Tune stops the trial there), so the trial's own
+    cleanup after that upload never runs."""
+    newest = newest_checkpoint(fs, trial_path)
+    _empty_others(fs, trial_path, newest[2] if newest is not None else None)
+    return newest
+
+
 class CloudReporter:
     """Hands each checkpoint folder to Ray Tune (which uploads it) and keeps the trial's history."""
 
@@ -147,10 +157,9 @@ def run_cloud_trial(cfg, trial_id: str) -> None:
 
     storage = tune.get_context().get_storage()
     fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
-    newest = newest_checkpoint(fs, trial_path)
     # past every folder there (complete or not): the next checkpoint never lands on an existing one
     storage.current_checkpoint_index = max([storage.current_checkpoint_index, *_checkpoint_indices(fs, trial_path)])
-    _empty_others(fs, trial_path, newest[2] if newest is not None else None)
+    newest = keep_only_newest(fs, trial_path)
     resume, history = None, []
     if newest is not None:
         resume = Path(tempfile.mkdtemp(prefix="advtune-resume-"))
