@@ -52,10 +52,12 @@ PROMISES = {
         rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
         rf"^RATIO compute_scratch_over_finetune total={NUM} at_equal_robust={NUM} lower_bound={NUM}",
     ],
+    "worker_memory.py": [rf"^RATIO release={r} first_peak_mb={NUM} last_peak_mb={NUM} growth_mb={NUM}" for r in ("off", "on")],
 }
 # numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
 # (at_equal_robust is nan when scratch never reaches fine-tuning's accuracy; the lower bound is then what counts)
-MUST_BE_FINITE = {"pick_holds.py": (), "importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": ()}
+MUST_BE_FINITE = {"pick_holds.py": (), "importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": (),
+                  "worker_memory.py": (0, 1)}  # growth may be negative
 
 
 def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):

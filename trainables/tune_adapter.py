@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import TrialConfig
 
-__all__ = ["trial_fn", "TuneReporter", "FAULT_ENV"]
+__all__ = ["trial_fn", "TuneReporter", "FAULT_ENV", "release_freed_memory"]
 
 # Fault injection for the reliability tests: "EPOCH[:ATTEMPTS[:KEY=VALUE]]" (several joined by ";")
 # raises after that epoch is reported — and again when a retry resumes past it — on at most ATTEMPTS
@@ -88,6 +88,26 @@ class _FaultingReporter(TuneReporter):
             _maybe_inject_fault(self.trial_dir, int(metrics["epoch"]), self.cfg)
 
 
+def release_freed_memory() -> None:
+    """Hand the memory of the worker's previous trial back to the operating system.
+
+    A study reuses trial actors (``reuse_actors=True``), and Ray runs each trial in a new thread.
+    glibc keeps what a finished trial freed in that thread's malloc arena, fragmented, so a reused
+    worker's memory grew with every trial (Fashion-MNIST benchmark: ~5.5 GB per worker after 8
+    trials). ``malloc_trim`` returns the free pages; a no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()  # a stopped trial's frames (model, data, optimizer) may sit in reference cycles
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # macOS, musl: no malloc_trim
+        return
+    trim(0)
+
+
 def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str) -> None:
     """Ray Tune function trainable: ``params`` are the trial's searched values, ``base`` the
     study's fixed trial config, ``study_dir`` the study directory (a path every node sees)."""
@@ -97,6 +117,7 @@ def trial_fn(params: dict[str, Any], base: dict[str, Any], study_dir: str) -> No
 
     from . import finetune
 
+    release_freed_memory()  # what this reused worker's previous trial freed
     # torch's threads = the CPUs Ray gave this trial (at least 1): trials sharing a node do not
     # oversubscribe it, and one trial given a whole node uses all of it
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
