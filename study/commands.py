@@ -366,7 +366,8 @@ def register(sub) -> None:
                    "clean-robust Pareto front (multi-objective TPE); or robust:clean>=0.85, the most robust trial "
                    "that keeps clean accuracy >= 85%%. ASHA prunes on robust accuracy in every case")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
-                   help="Optuna sampler: tpe (default) or random (the baseline of bench/search_efficiency.py)")
+                   help="Optuna sampler: tpe (default) or random (found better configurations in studies of ~8 trials "
+                        "or fewer, where TPE has not yet proposed from its model: docs/benchmarks.md section 3)")
     p.add_argument("--warm-start", nargs="+", default=[], metavar="DIR",
                    help="earlier study directories (same space and threat model) whose finished trials seed the "
                    "sampler, without re-running them")
