@@ -81,12 +81,15 @@ def main() -> int:
         trials = args.trials or 6
         what = "Fashion-MNIST 2,000/1,000 images, small_cnn-16, FGSM-RS, PGD-5 validation"
     base.update(pretrained="none", epochs=1, device="cpu")
-    ray.init(address="local", num_cpus=1, include_dashboard=False)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = {release: run(base, trials, release, Path(tmp)) for release in (False, True)}
-    finally:
-        ray.shutdown()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # a fresh local Ray for each: "off" patches the worker's module, and no worker may carry that over
+        for release in (False, True):
+            ray.init(address="local", num_cpus=1, include_dashboard=False)
+            try:
+                results[release] = run(base, trials, release, Path(tmp))
+            finally:
+                ray.shutdown()
     print(f"\nworker memory: {trials} trials x 1 epoch on one reused trial worker ({what}); peak USS per trial, MB")
     for release, peaks in results.items():
         print(f"  release {'on ' if release else 'off'}  " + " ".join(f"{p:6.0f}" for p in peaks))
