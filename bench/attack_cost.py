@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainables.config import TrialConfig  # noqa: E402
-from trainables.finetune import _free_step, _train_step  # noqa: E402
-from trainables.models import build_model  # noqa: E402
+from advtune.trainables.config import TrialConfig  # noqa: E402
+from advtune.trainables.finetune import _free_step, _train_step  # noqa: E402
+from advtune.trainables.models import build_model  # noqa: E402
 
 # (label, attack, train_steps, bound in natural-step units, replays per call)
 VARIANTS = [("natural", "none", 1, 1.0, 1), ("fgsm_rs", "fgsm_rs", 1, 2.0, 1), ("pgd-3", "pgd", 3, 4.0, 1),

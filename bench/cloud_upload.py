@@ -63,7 +63,7 @@ class UploadingReporter:
     def report(self, metrics, checkpoint_dir):
         from ray.train._internal.storage import _pyarrow_fs_copy_files
 
-        from trainables.cloud_adapter import _seal
+        from advtune.trainables.cloud_adapter import _seal
 
         if checkpoint_dir is None:
             return
@@ -89,8 +89,8 @@ def main() -> None:
     try:
         import pyarrow.fs as pafs
 
-        from trainables import finetune
-        from trainables.config import TrialConfig
+        from advtune.trainables import finetune
+        from advtune.trainables.config import TrialConfig
 
         pafs.FileSystem.from_uri("s3://bench?allow_bucket_creation=true")[0].create_dir("bench")
         fs, _ = pafs.FileSystem.from_uri("s3://bench/")

@@ -71,9 +71,9 @@ def evaluate(cfg, path: Path, steps: int, restarts: int, n_test: int) -> tuple[f
     import torch
     from torch.utils.data import TensorDataset
 
-    from trainables.checkpoints import load_starting_point
-    from trainables.evaluate import evaluate_pgd
-    from trainables.setup import prepare
+    from advtune.trainables.checkpoints import load_starting_point
+    from advtune.trainables.evaluate import evaluate_pgd
+    from advtune.trainables.setup import prepare
 
     prep = prepare(cfg.replace(pretrained="none"), with_starting_point=False)
     load_starting_point(prep.model, path, min_fraction=0.999)
@@ -100,10 +100,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="advtune-fvs-"))
     os.environ.setdefault("ADVTUNE_CACHE", str(tmp / "cache"))
 
-    from study.records import read_jsonl
-    from trainables import finetune
-    from trainables.config import TrialConfig
-    from trainables.pretrain import cached_path, ensure_pretrained
+    from advtune.study.records import read_jsonl
+    from advtune.trainables import finetune
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.pretrain import cached_path, ensure_pretrained
 
     if args.quick:
         common = dict(dataset="digits", val_size=0.2, eval_eps=0.1, val_steps=3)

@@ -21,8 +21,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study.cli import main as advtune  # noqa: E402
-from study.records import StudyRecords  # noqa: E402
+from advtune.study.cli import main as advtune  # noqa: E402
+from advtune.study.records import StudyRecords  # noqa: E402
 
 
 def sample(stop: threading.Event, out: list, study: Path) -> None:

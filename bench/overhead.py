@@ -51,7 +51,7 @@ EVENTS: dict[str, dict] = {}
 
 def _install_timing_callback() -> None:
     """Subclass advtune's driver-side callback so every trial event carries a wall-clock stamp."""
-    import study.tune_backend as tb
+    import advtune.study.tune_backend as tb
 
     base = tb.StudyCallback
 
@@ -85,7 +85,7 @@ class _TimedReporter:
 
 
 def standalone(cfg) -> dict:
-    from trainables import finetune
+    from advtune.trainables import finetune
 
     rep = _TimedReporter()
     t0 = time.time()
@@ -109,7 +109,7 @@ def _study_argv(root: Path, name: str, n: int, slots: int, epochs: int, sets: li
 
 def epoch_seconds(metrics: Path) -> float:
     """Training + validation seconds of a run: the sum of its epochs' ``epoch_seconds``."""
-    from study.records import read_jsonl
+    from advtune.study.records import read_jsonl
 
     return sum(m["epoch_seconds"] for m in read_jsonl(metrics))
 
@@ -117,7 +117,7 @@ def epoch_seconds(metrics: Path) -> float:
 def cli_wall(argv: list[str], cwd: Path) -> float:
     """Wall seconds of ``advtune ARGV`` as a fresh process, start to exit."""
     exe = Path(sys.executable).with_name("advtune")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from study.cli import main; sys.exit(main())"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from advtune.study.cli import main; sys.exit(main())"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd + argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
@@ -127,7 +127,7 @@ def cli_wall(argv: list[str], cwd: Path) -> float:
 
 
 def study(root: Path, name: str, n: int, slots: int, epochs: int, sets: list[str], cpus: str = "auto") -> dict:
-    from study.cli import main as advtune
+    from advtune.study.cli import main as advtune
 
     EVENTS.clear()
     argv = _study_argv(root, name, n, slots, epochs, sets, cpus)
@@ -156,8 +156,8 @@ def main() -> int:
     os.environ.setdefault("ADVTUNE_CACHE", str(tmp / "cache"))
     _install_timing_callback()
 
-    from trainables.config import TrialConfig
-    from trainables.pretrain import ensure_pretrained
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.pretrain import ensure_pretrained
 
     epochs = args.epochs or (2 if args.quick else 35)
     rounds = args.rounds or (1 if args.quick else 3)

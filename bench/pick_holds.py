@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-ADVTUNE = [sys.executable, "-m", "study.cli"]
+ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
 FMNIST = ["--set", "dataset=fashion-mnist", "--set", "eval_eps=0.1", "--set", "train_size=2000",
           "--set", "val_size=1000", "--set", "model=small_cnn-16", "--max-epochs", "4"]
 QUICK = ["--num-samples", "2", "--max-epochs", "2", "--set", "pretrain_epochs=3", "--set", "val_steps=3",

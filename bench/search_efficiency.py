@@ -61,7 +61,7 @@ TITLES = {
 
 def _install_completion_stamps() -> None:
     """advtune's driver-side callback, subclassed to note when each trial finished."""
-    import study.tune_backend as tb
+    import advtune.study.tune_backend as tb
 
     base = tb.StudyCallback
 
@@ -78,8 +78,8 @@ def _install_completion_stamps() -> None:
 
 
 def build_spec(root: Path, name: str, args, seed: int, sets: list[str]):
-    from study.spec import build_spec as _build
-    from trainables.config import TrialConfig
+    from advtune.study.spec import build_spec as _build
+    from advtune.trainables.config import TrialConfig
 
     ns = SimpleNamespace(space="sfd", num_samples=args.trials, max_epochs=args.epochs, grace_period=1,
                          reduction_factor=2, concurrency=2, cpus_per_trial=1.0, gpus_per_trial=0.0, address=None,
@@ -93,8 +93,8 @@ def make_tuner(method: str, spec, space, study_dir: Path):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    import study.tune_backend as tb
-    from search_spaces import define_by_run
+    import advtune.study.tune_backend as tb
+    from advtune.search_spaces import define_by_run
 
     if method == "c":
         return tb.make_tuner(spec, space, study_dir)  # exactly what `advtune run` builds
@@ -116,7 +116,7 @@ def make_tuner(method: str, spec, space, study_dir: Path):
 
 
 def run_study(method: str, root: Path, args, seed: int, sets: list[str]) -> dict:
-    from study.records import StudyRecords
+    from advtune.study.records import StudyRecords
 
     spec, space = build_spec(root, f"{method}-seed{seed}", args, seed, sets)
     study_dir = spec.study_dir
@@ -265,9 +265,9 @@ def main() -> int:
 
     import ray
 
-    import study.tune_backend as tb
-    from trainables.config import TrialConfig
-    from trainables.pretrain import ensure_pretrained
+    import advtune.study.tune_backend as tb
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.pretrain import ensure_pretrained
 
     sets = ["val_steps=2", "pretrain_epochs=3"] if args.quick else list(FULL_SETS[args.dataset])
     pre = ensure_pretrained(TrialConfig().with_overrides(sets))  # one starting point for every study

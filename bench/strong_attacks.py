@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainables.evaluate import evaluate_autoattack, evaluate_pgd  # noqa: E402
-from trainables.strong_eval import APGD_ATTACKS, PGD_RESTARTS, PGD_STEPS, first_images, load_trained  # noqa: E402
+from advtune.trainables.evaluate import evaluate_autoattack, evaluate_pgd  # noqa: E402
+from advtune.trainables.strong_eval import APGD_ATTACKS, PGD_RESTARTS, PGD_STEPS, first_images, load_trained  # noqa: E402
 
 
 def attacks(cfg):
@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     robust: dict[str, dict[str, float]] = {}
     for study in map(Path, args.studies):
-        from study.records import StudyRecords
+        from advtune.study.records import StudyRecords
 
         recs = sorted((r for r in StudyRecords(study, tensorboard=False).load()
                        if r.best and (r.directory / "best.pt").exists()), key=lambda r: -r.best["robust_acc"])

@@ -31,7 +31,7 @@ def _trial(params: dict, base: dict, study_dir: str, peaks_file: str, release: b
 
     import psutil
 
-    import trainables.tune_adapter as adapter
+    import advtune.trainables.tune_adapter as adapter
 
     if not release:
         adapter.release_freed_memory = lambda: None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from trainables.config import TrialConfig
+from advtune.trainables.config import TrialConfig
 
 from .schema import Param, SearchSpace
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from trainables.config import ConfigError, TrialConfig, parse_eps
+from advtune.trainables.config import ConfigError, TrialConfig, parse_eps
 
 __all__ = ["SpaceError", "Param", "SearchSpace", "load_space", "PRESETS", "preset_path"]
 

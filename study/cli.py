@@ -16,18 +16,18 @@ __all__ = ["main", "build_parser"]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from trainables.checkpoints import CheckpointError
-    from trainables.config import ConfigError
-    from trainables.data import DataError
+    from advtune.trainables.checkpoints import CheckpointError
+    from advtune.trainables.config import ConfigError
+    from advtune.trainables.data import DataError
 
-    from search_spaces import SpaceError
-    from study.errors import StudyError
+    from advtune.search_spaces import SpaceError
+    from advtune.study.errors import StudyError
 
     return (ConfigError, DataError, CheckpointError, SpaceError, StudyError)
 
 
 def _load_config(args: argparse.Namespace):
-    from trainables.config import TrialConfig
+    from advtune.trainables.config import TrialConfig
 
     cfg = TrialConfig.from_yaml(args.config) if getattr(args, "config", None) else TrialConfig()
     return cfg.with_overrides(args.set or []) if getattr(args, "set", None) else cfg
@@ -39,8 +39,8 @@ def _default_out(kind: str, cfg) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainables import finetune
-    from trainables.reporting import LocalReporter
+    from advtune.trainables import finetune
+    from advtune.trainables.reporting import LocalReporter
 
     cfg = _load_config(args)
     out = Path(args.out) if args.out else _default_out("train", cfg)
@@ -65,9 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from trainables import finetune
-    from trainables.pretrain import pretrain_config
-    from trainables.reporting import LocalReporter
+    from advtune.trainables import finetune
+    from advtune.trainables.pretrain import pretrain_config
+    from advtune.trainables.reporting import LocalReporter
 
     cfg = pretrain_config(_load_config(args))
     out = Path(args.out) if args.out else _default_out("pretrain", cfg)
@@ -88,10 +88,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset, TensorDataset
 
-    from trainables.checkpoints import FORMAT, CheckpointError, load_file
-    from trainables.config import TrialConfig, parse_eps
-    from trainables.evaluate import AutoAttackUnavailable, evaluate_autoattack, evaluate_pgd
-    from trainables.setup import model_from_checkpoint
+    from advtune.trainables.checkpoints import FORMAT, CheckpointError, load_file
+    from advtune.trainables.config import TrialConfig, parse_eps
+    from advtune.trainables.evaluate import AutoAttackUnavailable, evaluate_autoattack, evaluate_pgd
+    from advtune.trainables.setup import model_from_checkpoint
 
     payload = load_file(args.checkpoint, trust=args.trust_checkpoint)
     if isinstance(payload, dict) and payload.get("format") == FORMAT and not args.config:
@@ -157,8 +157,8 @@ def _sanity(args: argparse.Namespace, model, split, cfg, eps: float, device) -> 
     """Carlini et al. (2019)'s sanity checks on the evaluated images (see trainables/sanity.py)."""
     import torch
 
-    from trainables.loader import iterate
-    from trainables.sanity import run_checks
+    from advtune.trainables.loader import iterate
+    from advtune.trainables.sanity import run_checks
 
     xs, ys, have = [], [], 0
     for xb, yb in iterate(split, cfg.eval_batch_size, device):  # only the images the checks use
@@ -197,7 +197,7 @@ class _HelpConfig(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, **kw)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from trainables.config import TrialConfig
+        from advtune.trainables.config import TrialConfig
 
         print("Trial config keys (YAML key, default, meaning):\n" + TrialConfig.field_docs())
         parser.exit()
@@ -254,11 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    from study.convert import register as register_convert
+    from advtune.study.convert import register as register_convert
 
     register_convert(sub)
     try:
-        from study.commands import register
+        from advtune.study.commands import register
 
         register(sub)
     except ImportError:

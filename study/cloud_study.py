@@ -87,7 +87,7 @@ def _trial_checkpoint(remote: Remote, trial_id: str):
     """The newest complete checkpoint ``(epoch, index, path)`` of ``trial_id`` in the bucket, or None."""
     import pyarrow.fs as pafs
 
-    from trainables.cloud_adapter import newest_checkpoint
+    from advtune.trainables.cloud_adapter import newest_checkpoint
 
     mine = [i.path for i in remote.fs.get_file_info(pafs.FileSelector(remote.path, allow_not_found=True))
             if i.type == pafs.FileType.Directory and f"_{trial_id}_" in i.path.rsplit("/", 1)[-1]]
@@ -97,7 +97,7 @@ def _trial_checkpoint(remote: Remote, trial_id: str):
 def fill_placeholders(remote: Remote) -> int:
     """Stand-ins for the checkpoints Ray's snapshot may name but already deleted (see
     ``trainables.cloud_adapter.fill_placeholders``), in every Ray trial folder of the study."""
-    from trainables.cloud_adapter import fill_placeholders as fill
+    from advtune.trainables.cloud_adapter import fill_placeholders as fill
 
     return sum(fill(remote.fs, path) for path in _ray_trial_folders(remote))
 
@@ -114,7 +114,7 @@ def keep_newest_checkpoints(remote: Remote) -> None:
     """When the search has ended: every trial's newest complete checkpoint is the only one left with files
     (``trainables.cloud_adapter.keep_only_newest``). A checkpoint the driver never registered (uploaded
     just before a driver was killed, or before a lost node) would otherwise outlive the trial."""
-    from trainables.cloud_adapter import keep_only_newest
+    from advtune.trainables.cloud_adapter import keep_only_newest
 
     for path in _ray_trial_folders(remote):
         keep_only_newest(remote.fs, path)
@@ -134,7 +134,7 @@ def complete_records(remote: Remote, records: StudyRecords) -> int:
     """Add to each unfinished trial's ``metrics.jsonl`` (and TensorBoard) the epochs its newest complete
     checkpoint in the bucket holds but the records do not (the driver was killed before pushing them).
     Returns the number of lines added."""
-    from trainables.cloud_adapter import HISTORY
+    from advtune.trainables.cloud_adapter import HISTORY
 
     added = 0
     for rec in records.load():

@@ -39,7 +39,7 @@ def _ensure_pretrained(tb, spec, pretrain_cfg: dict | None) -> None:
             return
     elif Path(target).exists():
         return
-    from trainables.pretrain import pretrain_into
+    from advtune.trainables.pretrain import pretrain_into
 
     print("pretraining the starting point (natural training, cached)…", flush=True)
     tb.run_task(pretrain_into, pretrain_cfg, str(target), num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial)
@@ -146,12 +146,12 @@ def _write_marker(spec, space, study_dir: Path, pretrain: dict | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from study.cli import _load_config
+    from advtune.study.cli import _load_config
 
     from .spec import build_spec, describe
 
     spec, space = build_spec(args, _load_config(args))
-    from trainables.user_code import check_importable
+    from advtune.trainables.user_code import check_importable
 
     check_importable(spec.base_config)  # a model or dataset import path that fails is refused before Ray starts
     print(describe(spec, space), flush=True)
@@ -278,7 +278,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_load_reports(records) -> None:
     """One line per distinct starting-point load (all trials of a study usually share one)."""
-    from trainables.load_report import read_report
+    from advtune.trainables.load_report import read_report
 
     seen: dict[str, list[str]] = {}
     for rec in records:

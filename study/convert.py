@@ -20,9 +20,9 @@ __all__ = ["register", "cmd_convert", "convert"]
 
 def convert(checkpoint: str | Path, out: str | Path | None = None, force: bool = False) -> tuple[Path, Path]:
     """Write ``checkpoint``'s model as safetensors and its config as YAML; returns both paths."""
-    from trainables.checkpoints import FORMAT, CheckpointError, load_file, versions
-    from trainables.config import TrialConfig
-    from trainables.safetensors_io import SUFFIX, write
+    from advtune.trainables.checkpoints import FORMAT, CheckpointError, load_file, versions
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.safetensors_io import SUFFIX, write
 
     payload = load_file(checkpoint)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

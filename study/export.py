@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from trainables.config import TrialConfig
+from advtune.trainables.config import TrialConfig
 
 from .errors import StudyError
 from .records import StudyRecords, TrialRecord, read_marker
@@ -85,7 +85,7 @@ def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path
 
 def _load_report(rec: TrialRecord) -> dict[str, Any] | None:
     """What loading the trial's starting point did (``load_report.json``), or None when it loaded none."""
-    from trainables.load_report import read_report
+    from advtune.trainables.load_report import read_report
 
     report = read_report(rec.directory)
     return report.to_dict() if report is not None else None

@@ -47,7 +47,7 @@ GAP_WARNING = "possible gradient masking or a weak validation attack"
 
 def check_settings(attack: str, top_k: int | None, images: int | None, num_samples: int) -> None:
     """Refuse final-evaluation settings that cannot work, before anything is written or started."""
-    from trainables.strong_eval import NEEDS_AUTOATTACK, autoattack_installed
+    from advtune.trainables.strong_eval import NEEDS_AUTOATTACK, autoattack_installed
 
     if attack not in CHOICES:
         raise StudyError(f"--final-attack {attack!r} is not one of {', '.join(CHOICES)}")
@@ -69,7 +69,7 @@ def resolve_images(images: int | None, gpus_per_trial: float) -> int:
 
 def resolve_attack(attack: str) -> str:
     """``auto``: AutoAttack's APGD pair where the extra is installed, else PGD-50 with 5 restarts."""
-    from trainables.strong_eval import autoattack_installed
+    from advtune.trainables.strong_eval import autoattack_installed
 
     if attack != "auto":
         return attack
@@ -167,7 +167,7 @@ def strong_table(records: list[TrialRecord], final: dict[str, Any]) -> str:
 
 def describe(final: dict[str, Any]) -> str:
     """One line: which attack, on how many images, and what 'selection' means."""
-    from trainables.strong_eval import ATTACKS
+    from advtune.trainables.strong_eval import ATTACKS
 
     st = final.get("settings", {})
     ns = {e["n"] for e in (final.get("trials") or {}).values() if "n" in e}
@@ -191,11 +191,11 @@ def evaluate_task(checkpoint: str, attack: str, images: int, threads: int) -> di
     """The Ray task: one checkpoint, with as many torch threads as the task has CPUs."""
     import torch
 
-    from trainables.strong_eval import strong_eval
+    from advtune.trainables.strong_eval import strong_eval
 
     torch.set_num_threads(max(1, threads))
     if "://" in checkpoint:  # a study in cloud storage: the task's node reads best.pt from the bucket
-        from trainables.cloud_adapter import fetch
+        from advtune.trainables.cloud_adapter import fetch
 
         checkpoint = fetch(checkpoint)
     return strong_eval(checkpoint, attack, images)
@@ -244,7 +244,7 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
     todo = [r for r in chosen if r.trial_id not in final["trials"]]
     if not todo:
         return final
-    from trainables.strong_eval import ATTACKS
+    from advtune.trainables.strong_eval import ATTACKS
 
     threads = int(spec.cpus_per_trial or 1)
     print(f"\nfinal strong evaluation of the top {len(chosen)} trials: {ATTACKS[attack]}, on up to {images} "

@@ -133,7 +133,7 @@ def _schedules(out_dir: Path, marker: dict[str, Any], top: list[TrialRecord]) ->
     from matplotlib import colormaps
     from matplotlib.lines import Line2D
 
-    from trainables.schedules import eps_at, schedule_from_config
+    from advtune.trainables.schedules import eps_at, schedule_from_config
 
     fig = _figure(10, 6.4)
     ax_lr, ax_eps = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -304,7 +304,7 @@ def _distributions(study) -> dict[str, Any]:
 
 def _space_distributions(study_dir: Path, marker: dict[str, Any]) -> dict[str, Any]:
     """The searched parameters' distributions from the study's copy of its space ({} if unreadable)."""
-    from search_spaces import load_space
+    from advtune.search_spaces import load_space
 
     from .warm_start import space_distributions
 
@@ -316,7 +316,7 @@ def _space_distributions(study_dir: Path, marker: dict[str, Any]) -> dict[str, A
 
 
 def trial_config_base(marker: dict[str, Any]):
-    from trainables.config import TrialConfig
+    from advtune.trainables.config import TrialConfig
 
     return TrialConfig.from_dict(marker["spec"]["base_config"])
 

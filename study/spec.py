@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from search_spaces import SearchSpace, load_space
-from trainables.config import TrialConfig
+from advtune.search_spaces import SearchSpace, load_space
+from advtune.trainables.config import TrialConfig
 
 from .errors import StudyError
 
@@ -198,7 +198,7 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
 
 
 def _final_text(spec: StudySpec) -> str:
-    from trainables.strong_eval import ATTACKS
+    from advtune.trainables.strong_eval import ATTACKS
 
     from .final_eval import resolve_attack, resolve_images
 

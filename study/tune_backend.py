@@ -128,7 +128,7 @@ class StudyCallback(tune.Callback):
 
 
 def _trainable(spec, study_dir: Path):
-    from trainables.tune_adapter import trial_fn
+    from advtune.trainables.tune_adapter import trial_fn
 
     # a study in cloud storage: trials get its URI (they hand checkpoints to Ray), never the driver's staging folder
     fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(),
@@ -153,7 +153,7 @@ def make_sampler(kind: str, seed: int, n_startup: int):
 def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
     import optuna
 
-    from search_spaces import define_by_run
+    from advtune.search_spaces import define_by_run
 
     from .objectives import parse_objective
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search_spaces import SearchSpace, load_space
-from trainables.config import TrialConfig
+from advtune.search_spaces import SearchSpace, load_space
+from advtune.trainables.config import TrialConfig
 
 from .errors import StudyError
 from .objectives import CONSTRAINT_KEY, WARM_ATTR, Objective, parse_objective

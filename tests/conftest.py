@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from trainables.config import TrialConfig
+from advtune.trainables.config import TrialConfig
 
 # digits with the default val_size=0.2: 1797 images → 359 test, 288 val, 1150 train.
 DIGITS_N_TRAIN = 1150
@@ -126,7 +126,7 @@ def small_study(tmp_path_factory) -> Path:
     import sys
 
     storage = tmp_path_factory.mktemp("studies")
-    res = subprocess.run([sys.executable, "-m", "study.cli", "run", "--name", "small", "--storage-path", str(storage),
+    res = subprocess.run([sys.executable, "-m", "advtune.study.cli", "run", "--name", "small", "--storage-path", str(storage),
                           *SMALL_STUDY], env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True,
                          text=True, timeout=900, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

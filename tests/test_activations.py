@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.activations import ParametricSoftplus, count_relu_calls, make_activation, swap_activations
-from trainables.models import Normalize, NormalizedModel, build_model, head, last_block, replace_head
+from advtune.trainables.activations import ParametricSoftplus, count_relu_calls, make_activation, swap_activations
+from advtune.trainables.models import Normalize, NormalizedModel, build_model, head, last_block, replace_head
 
 SMOOTH = ("silu", "gelu", "softplus", "elu", "psoftplus")
 CIFAR = ((3, 32, 32), 10, (0.5,) * 3, (0.5,) * 3)

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from trainables.attacks import attack_mode, fgsm, fgsm_rs, pgd, project, random_init
-from trainables.evaluate import RobustResult, evaluate_pgd
-from trainables.models import Normalize, NormalizedModel, build_model
+from advtune.trainables.attacks import attack_mode, fgsm, fgsm_rs, pgd, project, random_init
+from advtune.trainables.evaluate import RobustResult, evaluate_pgd
+from advtune.trainables.models import Normalize, NormalizedModel, build_model
 
 EPS = {"linf": 0.3, "l2": 1.5}  # large enough that the [0, 1] clamp and the ball both bind
 NORMS = ("linf", "l2")
@@ -279,7 +279,7 @@ def test_bn_mode_changes_the_attack() -> None:
 def trained() -> tuple[NormalizedModel, TensorDataset]:
     """small_cnn trained naturally on digits for 3 epochs (~3 s on CPU); the first 128 validation
     images are returned for evaluation."""
-    from trainables.data import load_splits
+    from advtune.trainables.data import load_splits
 
     splits = load_splits("digits", None, 0.2, 0)
     x, y = splits.train.tensors

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from trainables.data import load_splits
-from trainables.evaluate import evaluate_autoattack, evaluate_pgd
-from trainables.models import build_model
+from advtune.trainables.data import load_splits
+from advtune.trainables.evaluate import evaluate_autoattack, evaluate_pgd
+from advtune.trainables.models import build_model
 
 pytest.importorskip("pyautoattack")
 

@@ -15,8 +15,8 @@ from typing import Callable
 import pytest
 import torch
 
-from study.cli import main
-from trainables.models import build_model
+from advtune.study.cli import main
+from advtune.trainables.models import build_model
 
 from test_data import write_cifar, write_idx
 
@@ -316,7 +316,7 @@ def _bucket_keys() -> list[str]:
 
 # pyautoattack made unimportable in a fresh interpreter: a None in sys.modules makes `import pyautoattack`
 # raise ImportError, exactly as when the extra is not installed (advtune's own code is untouched)
-_NO_EXTRA = "import sys; sys.modules['pyautoattack'] = None; from study.cli import main; sys.exit(main(sys.argv[1:]))"
+_NO_EXTRA = "import sys; sys.modules['pyautoattack'] = None; from advtune.study.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _without_autoattack(argv: list[str], cwd: Path):
@@ -361,7 +361,7 @@ def test_there_are_at_least_25_cases():
 
 
 def test_debug_shows_the_traceback_instead(workspace):
-    from trainables.config import ConfigError
+    from advtune.trainables.config import ConfigError
 
     with pytest.raises(ConfigError, match="peak_lrr"):
         main(["--debug", "train", "--set", "peak_lrr=0.1"])

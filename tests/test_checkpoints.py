@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.checkpoints import FORMAT, CheckpointError, LoadReport, load_file, load_starting_point, save_atomic
-from trainables.models import NormalizedModel, build_model
+from advtune.trainables.checkpoints import FORMAT, CheckpointError, LoadReport, load_file, load_starting_point, save_atomic
+from advtune.trainables.models import NormalizedModel, build_model
 
 SHAPE, MEAN, STD = (1, 8, 8), (0.5,), (0.5,)
 
@@ -63,7 +63,7 @@ def test_advtune_checkpoint_loads_exactly(tmp_path, source):
 
 
 def test_checkpoint_written_by_a_real_run_loads(tmp_path, tiny_config, recorder):
-    from trainables import finetune
+    from advtune.trainables import finetune
 
     rep = recorder()
     finetune.run(tiny_config.replace(epochs=1, val_steps=1, train_steps=1), rep)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.cli import main
-from trainables.checkpoints import load_file
-from trainables.config import TrialConfig
+from advtune.study.cli import main
+from advtune.trainables.checkpoints import load_file
+from advtune.trainables.config import TrialConfig
 
 from conftest import DIGITS_N_TEST, TINY
 
@@ -79,7 +79,7 @@ def test_train_refuses_to_overwrite_a_run(trained, capsys):
 
 
 def test_train_resume_after_interruption(tmp_path, monkeypatch, capsys):
-    from trainables.reporting import LocalReporter
+    from advtune.trainables.reporting import LocalReporter
 
     out = tmp_path / "run"
     real_report = LocalReporter.report
@@ -164,8 +164,8 @@ def test_eval_of_a_plain_state_dict_with_config(trained, tmp_path):
 def test_eval_limit_applies_to_every_figure_and_each_names_its_images(trained, tmp_path, capsys):
     """--limit N: every attack on the same first N images; each figure says how many, and each robust
     figure stands beside the clean accuracy of those images (issue 11, defect 4)."""
-    from trainables.data import load_splits
-    from trainables.setup import model_from_checkpoint
+    from advtune.trainables.data import load_splits
+    from advtune.trainables.setup import model_from_checkpoint
 
     out = tmp_path / "eval.json"
     assert main(["eval", "--quiet", "--no-sanity", "--checkpoint", str(trained / "best.pt"), "--attack", "pgd",

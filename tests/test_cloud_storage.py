@@ -16,11 +16,11 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from study.records import StudyRecords
+from advtune.study.records import StudyRecords
 
 from conftest import lossy_cluster
 
-ADVTUNE = [sys.executable, "-m", "study.cli"]
+ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
 N_TRIALS, EPOCHS = 3, 3
 URI = "s3://advtune/studies"
 
@@ -97,7 +97,7 @@ def study(cluster, tmp_path_factory):
 def test_every_trial_completes_each_epoch_trained_once(study, tmp_path):
     files = _bucket_files(f"{URI}/cloud")
     staged = tmp_path / "records"
-    from study.storage import Remote
+    from advtune.study.storage import Remote
 
     remote = Remote(f"{URI}/cloud", staged)
     remote.pull()  # what a third machine sees
@@ -171,7 +171,7 @@ def test_resume_point_is_the_newest_complete_checkpoint_whatever_ray_names(s3_se
     """Ray's snapshot can name an older checkpoint than the bucket holds, and a lost node can leave an upload
     half done: the trial resumes from the complete checkpoint of the highest epoch, and only that one keeps
     its files (Ray leaves a checkpoint from before a lost node or a killed driver in the bucket for good)."""
-    from trainables.cloud_adapter import _checkpoint_indices, _empty_others, _seal, newest_checkpoint
+    from advtune.trainables.cloud_adapter import _checkpoint_indices, _empty_others, _seal, newest_checkpoint
 
     fs, root = pafs.FileSystem.from_uri(f"{URI}/unit/trial_fn_x_00000")
     local = Path(os.environ["ADVTUNE_CACHE"]) / "unit-ckpt"

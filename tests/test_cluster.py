@@ -6,8 +6,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from study.cli import main
-from study.records import StudyRecords
+from advtune.study.cli import main
+from advtune.study.records import StudyRecords
 
 TINY = ["--set", "train_steps=1", "--set", "val_steps=3", "--set", "pretrain_epochs=2",
         "--final-attack", "none"]  # the final strong evaluation is tested in test_study.py

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.config import ConfigError, TrialConfig, parse_eps, parse_overrides
+from advtune.trainables.config import ConfigError, TrialConfig, parse_eps, parse_overrides
 
 
 def write_yaml(tmp_path: Path, text: str, name: str = "trial.yaml") -> Path:
@@ -219,7 +219,7 @@ def test_fraction_strings_are_never_evaluated(tmp_path):
 
 @pytest.mark.parametrize("value", [300, 300.0, "300"])
 def test_val_size_as_a_count_of_images_reaches_the_loader(value):
-    from trainables.data import load_splits
+    from advtune.trainables.data import load_splits
 
     cfg = TrialConfig(val_size=value) if value != "300" else TrialConfig().with_overrides(["val_size=300"])
     assert cfg.val_size == 300 and isinstance(cfg.val_size, int)
@@ -228,8 +228,8 @@ def test_val_size_as_a_count_of_images_reaches_the_loader(value):
 
 def test_train_size_and_model_width_change_the_pretraining_cache_key(tmp_path, monkeypatch):
     """A starting point pretrained on a subset (or another width) must never be reused for another."""
-    from trainables.models import build_net
-    from trainables.pretrain import cached_path
+    from advtune.trainables.models import build_net
+    from advtune.trainables.pretrain import cached_path
 
     monkeypatch.setenv("ADVTUNE_CACHE", str(tmp_path))
     base = TrialConfig()

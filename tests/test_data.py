@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables import data
-from trainables.data import DATASETS, DataError, Splits, load_splits
+from advtune.trainables import data
+from advtune.trainables.data import DATASETS, DataError, Splits, load_splits
 
 N_TRAIN, N_TEST = 40, 12
 

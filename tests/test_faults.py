@@ -15,9 +15,9 @@ import optuna
 import psutil
 import pytest
 
-from study.records import StudyRecords
+from advtune.study.records import StudyRecords
 
-ADVTUNE = [sys.executable, "-m", "study.cli"]
+ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
 TINY = ["--set", "train_steps=2", "--set", "val_steps=3", "--set", "pretrain_epochs=3", "--set", "eps_ramp=0",
         "--final-attack", "none"]  # the final strong evaluation is tested in test_study.py
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from study.cli import main
-from study.final_eval import GAP_WARNING, candidates, rank, strong_table
-from study.records import TrialRecord
+from advtune.study.cli import main
+from advtune.study.final_eval import GAP_WARNING, candidates, rank, strong_table
+from advtune.study.records import TrialRecord
 
 # selection figure (PGD-10 best robust), strong figure: the strong attack reverses the order of a and b
 TRIALS = {"a": (0.50, 0.40), "b": (0.45, 0.44), "c": (0.42, None), "d": (0.48, 0.455)}
@@ -125,8 +125,8 @@ def trained(tmp_path_factory) -> Path:
 
 
 def test_core_attacks_the_first_validation_images_and_reproduces_the_selection_figure(trained):
-    from study.records import read_jsonl
-    from trainables.strong_eval import strong_eval
+    from advtune.study.records import read_jsonl
+    from advtune.trainables.strong_eval import strong_eval
 
     best = max(read_jsonl(trained / "metrics.jsonl"), key=lambda m: (m["robust_acc"], -m["epoch"]))
     full = strong_eval(trained / "best.pt", "pgd", images=10 ** 6)
@@ -141,7 +141,7 @@ def test_core_attacks_the_first_validation_images_and_reproduces_the_selection_f
 
 def test_core_apgd_is_no_weaker_than_the_validation_attack(trained):
     pytest.importorskip("pyautoattack")
-    from trainables.strong_eval import strong_eval
+    from advtune.trainables.strong_eval import strong_eval
 
     state = torch.get_rng_state()
     res = strong_eval(trained / "best.pt", "apgd", images=48)
@@ -167,7 +167,7 @@ def test_report_draws_the_strong_panel_and_ranks_its_table_by_the_strong_figure(
 
 def test_the_strong_figure_carries_its_sampling_interval():
     """288 images at 40%: +-5.7 points (95%); the table prints it beside strong%."""
-    from study.final_eval import half_width
+    from advtune.study.final_eval import half_width
 
     assert half_width(0.40, 288) == pytest.approx(1.96 * (0.4 * 0.6 / 288) ** 0.5)
     assert round(100 * half_width(0.40, 288), 1) == 5.7

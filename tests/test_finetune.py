@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables import finetune
-from trainables.checkpoints import FORMAT, load_file
-from trainables.config import TrialConfig
-from trainables.data import load_splits
-from trainables.evaluate import evaluate_pgd
-from trainables.models import build_model
-from trainables.setup import prepare
+from advtune.trainables import finetune
+from advtune.trainables.checkpoints import FORMAT, load_file
+from advtune.trainables.config import TrialConfig
+from advtune.trainables.data import load_splits
+from advtune.trainables.evaluate import evaluate_pgd
+from advtune.trainables.models import build_model
+from advtune.trainables.setup import prepare
 
 from conftest import DIGITS_N_TRAIN, TINY, RecordingReporter
 
@@ -95,7 +95,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(recorder, attack):
 
 
 def test_resume_with_another_config_is_refused(three_epochs, tmp_path):
-    from trainables.checkpoints import CheckpointError
+    from advtune.trainables.checkpoints import CheckpointError
 
     cfg, full, _ = three_epochs
     with pytest.raises(CheckpointError, match="different config.*peak_lr"):
@@ -245,8 +245,8 @@ def test_natural_pretraining_is_not_robust():
     result classifies well but PGD-20 at eps 0.2 breaks it. This is why fine-tuning is needed."""
     import os
 
-    from trainables.checkpoints import load_starting_point
-    from trainables.pretrain import cached_path, ensure_pretrained
+    from advtune.trainables.checkpoints import load_starting_point
+    from advtune.trainables.pretrain import cached_path, ensure_pretrained
 
     cfg = TrialConfig(device="cpu")  # digits, small_cnn, pretrained=auto, default pretrain settings
     path = ensure_pretrained(cfg)

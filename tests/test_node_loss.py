@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from study.records import StudyRecords
+from advtune.study.records import StudyRecords
 
 from conftest import lossy_cluster
 
-ADVTUNE = [sys.executable, "-m", "study.cli"]
+ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
 N_TRIALS, EPOCHS = 4, 5
 
 

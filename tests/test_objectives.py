@@ -14,9 +14,9 @@ import optuna
 import pytest
 import yaml
 
-from study.cli import main
-from study.objectives import TRIAL_ID_ATTR, WARM_ATTR, non_dominated, parse_objective
-from study.records import StudyRecords
+from advtune.study.cli import main
+from advtune.study.objectives import TRIAL_ID_ATTR, WARM_ATTR, non_dominated, parse_objective
+from advtune.study.records import StudyRecords
 
 SETS = ["--set", "train_steps=2", "--set", "val_steps=3", "--set", "pretrain_epochs=3"]
 FINISHED = ("completed", "diverged", "catastrophic_overfitting")
@@ -38,8 +38,8 @@ def test_non_dominated_keeps_exactly_the_front():
 
 
 def _searcher(metric, mode, min_clean=None):
-    from search_spaces import define_by_run, load_space
-    from study.tune_backend import PruningAwareOptunaSearch, make_sampler
+    from advtune.search_spaces import define_by_run, load_space
+    from advtune.study.tune_backend import PruningAwareOptunaSearch, make_sampler
 
     return PruningAwareOptunaSearch(space=define_by_run(load_space("sfd")), metric=metric, mode=mode,
                                     sampler=make_sampler("tpe", 0, 3), min_clean=min_clean)
@@ -117,7 +117,7 @@ def test_report_shows_the_front_and_importance_over_every_trial(mo_study):
         assert f"export/01-{t.user_attrs[TRIAL_ID_ATTR]}.yaml" in page or \
             f"-{t.user_attrs[TRIAL_ID_ATTR]}.yaml" in page  # its rerun command
     assert (out / "interaction.png").stat().st_size > 10_000
-    from study.importance import derived_study
+    from advtune.study.importance import derived_study
 
     derived = derived_study(records, {**{k: v for t in ot.trials for k, v in t.distributions.items()}})
     assert len(derived.trials) == sum(r.best is not None for r in records)  # pruned ones included
@@ -126,8 +126,8 @@ def test_report_shows_the_front_and_importance_over_every_trial(mo_study):
 
 # --- warm starts ------------------------------------------------------------------------------------------
 def _spec(tmp_path, warm, **kw):
-    from study.spec import build_spec
-    from trainables.config import TrialConfig
+    from advtune.study.spec import build_spec
+    from advtune.trainables.config import TrialConfig
 
     args = dict(space="sfd", num_samples=4, max_epochs=3, grace_period=1, reduction_factor=3, concurrency=2,
                 cpus_per_trial=1.0, gpus_per_trial=0.0, address=None, storage_path=str(tmp_path), name="w",
@@ -136,9 +136,9 @@ def _spec(tmp_path, warm, **kw):
 
 
 def test_warm_start_sampler_holds_the_earlier_trials_and_proposes_otherwise(mo_study, tmp_path):
-    from search_spaces import define_by_run
-    from study.tune_backend import make_sampler
-    from study.warm_start import collect
+    from advtune.search_spaces import define_by_run
+    from advtune.study.tune_backend import make_sampler
+    from advtune.study.warm_start import collect
 
     spec, space = _spec(tmp_path, [str(mo_study)])
     ws = collect(spec, space)
@@ -186,7 +186,7 @@ def test_a_warm_started_study_seeds_its_sampler_and_says_what_it_took(mo_study, 
 
 def test_constrained_export_puts_the_trials_above_the_clean_floor_first(tmp_path):
     """A study's files as advtune writes them (no Ray): the most robust trial misses the floor."""
-    from study.records import MARKER, StudyRecords as Records
+    from advtune.study.records import MARKER, StudyRecords as Records
 
     d = tmp_path / "c"
     rec = Records(d, tensorboard=False)

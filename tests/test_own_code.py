@@ -15,15 +15,15 @@ import pytest
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from study.cli import main
-from study.records import StudyRecords
-from trainables import finetune
-from trainables.checkpoints import load_file, load_starting_point
-from trainables.config import ConfigError, TrialConfig
-from trainables.data import DataError, load_splits
-from trainables.models import build_model, head
-from trainables.optim import make_optimizer
-from trainables.setup import param_groups, prepare
+from advtune.study.cli import main
+from advtune.study.records import StudyRecords
+from advtune.trainables import finetune
+from advtune.trainables.checkpoints import load_file, load_starting_point
+from advtune.trainables.config import ConfigError, TrialConfig
+from advtune.trainables.data import DataError, load_splits
+from advtune.trainables.models import build_model, head
+from advtune.trainables.optim import make_optimizer
+from advtune.trainables.setup import param_groups, prepare
 
 own_code = importlib.import_module("tests.own_code")  # as advtune imports it (and keeps it in sys.modules)
 
@@ -80,7 +80,7 @@ def test_a_study_refuses_a_model_path_that_does_not_import_before_ray_runs_anyth
 
 
 def test_the_space_searches_the_optimizer_and_betas_only_for_adamw(tmp_path):
-    from search_spaces import define_by_run, load_space
+    from advtune.search_spaces import define_by_run, load_space
 
     (tmp_path / "space.yaml").write_text(SPACE)
     space = load_space(tmp_path / "space.yaml")
@@ -140,8 +140,8 @@ def test_timm_model_with_random_weights_reloads_from_safetensors_and_takes_timms
 
 
 def test_timm_weights_for_rgb_data_bring_timms_mean_and_std():
-    from trainables.external_models import timm_stats
-    from trainables.normalization import choose_normalization
+    from advtune.trainables.external_models import timm_stats
+    from advtune.trainables.normalization import choose_normalization
 
     model = build_model("timm:test_resnet", (3, 16, 16), 10, (0.1, 0.2, 0.3), (0.4, 0.4, 0.4))
     stats = timm_stats(model)

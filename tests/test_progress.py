@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from study.progress import LiveTable
+from advtune.study.progress import LiveTable
 
 
 def test_table_is_redrawn_in_place_on_a_terminal():

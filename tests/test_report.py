@@ -19,8 +19,8 @@ import pytest
 import ray
 from PIL import Image
 
-from study.cli import build_parser, main
-from study.records import MARKER, StudyRecords
+from advtune.study.cli import build_parser, main
+from advtune.study.records import MARKER, StudyRecords
 
 PLOTS = ("schedules.png", "pareto.png", "curves.png", "importance.png", "interaction.png", "params.png", "compute.png",
          "strong.png")

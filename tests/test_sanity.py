@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.data import load_splits
-from trainables.evaluate import evaluate_pgd
-from trainables.models import build_model
-from trainables.sanity import SWEEP, large_eps, robust_flags, run_checks
+from advtune.trainables.data import load_splits
+from advtune.trainables.evaluate import evaluate_pgd
+from advtune.trainables.models import build_model
+from advtune.trainables.sanity import SWEEP, large_eps, robust_flags, run_checks
 
 N_IMAGES = 120
 

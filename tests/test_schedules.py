@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from trainables.config import TrialConfig
-from trainables.schedules import constant, cosine, cyclic, eps_at, make_schedule, piecewise, schedule_from_config, sfd
+from advtune.trainables.config import TrialConfig
+from advtune.trainables.schedules import constant, cosine, cyclic, eps_at, make_schedule, piecewise, schedule_from_config, sfd
 
 GRID = [i / 1000 for i in range(1001)]
 

@@ -6,7 +6,7 @@ import ipaddress
 import psutil
 import ray
 
-from study.tune_backend import init_ray
+from advtune.study.tune_backend import init_ray
 
 
 def test_local_study_dashboard_is_off_or_on_loopback_only():

@@ -4,9 +4,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search_spaces import PRESETS, SpaceError, define_by_run, load_space, trial_config
-from study.spec import asha_rungs, min_grace
-from trainables.config import TrialConfig
+from advtune.search_spaces import PRESETS, SpaceError, define_by_run, load_space, trial_config
+from advtune.study.spec import asha_rungs, min_grace
+from advtune.trainables.config import TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

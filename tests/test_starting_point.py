@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.cli import main
-from trainables.checkpoints import FORMAT, load_starting_point, save_atomic
-from trainables.config import ConfigError, TrialConfig
-from trainables.load_report import read_report
-from trainables.models import build_model
-from trainables.normalization import IMAGENET, choose_normalization, torchvision_stats
-from trainables.setup import model_from_checkpoint, prepare
+from advtune.study.cli import main
+from advtune.trainables.checkpoints import FORMAT, load_starting_point, save_atomic
+from advtune.trainables.config import ConfigError, TrialConfig
+from advtune.trainables.load_report import read_report
+from advtune.trainables.models import build_model
+from advtune.trainables.normalization import IMAGENET, choose_normalization, torchvision_stats
+from advtune.trainables.setup import model_from_checkpoint, prepare
 
 from conftest import TINY
 from test_data import write_cifar

@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import SMALL_STUDY
-from study.cli import main
-from study.records import StudyRecords
+from advtune.study.cli import main
+from advtune.study.records import StudyRecords
 
 TINY = ["--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=4"]
 N_TRIALS, EPOCHS = 6, 3
@@ -102,7 +102,7 @@ def test_status_and_export_work_without_a_cluster(study, capsys):
 
 def test_every_trial_stores_its_load_report_and_status_and_export_show_it(study, capsys):
     """Each trial prints and stores what loading its starting point did (issue 11, defect 3)."""
-    from trainables.load_report import read_report
+    from advtune.trainables.load_report import read_report
 
     records = StudyRecords(study, tensorboard=False).load()
     reports = [read_report(r.directory) for r in records]
@@ -146,8 +146,8 @@ def test_dry_run_shows_rungs_after_the_longest_warmup(capsys, tmp_path):
 def _spec(tmp_path, **kw):
     from types import SimpleNamespace
 
-    from study.spec import build_spec
-    from trainables.config import TrialConfig
+    from advtune.study.spec import build_spec
+    from advtune.trainables.config import TrialConfig
 
     args = dict(space="sfd", num_samples=12, max_epochs=4, grace_period=1, reduction_factor=2, concurrency=2,
                 cpus_per_trial=None, gpus_per_trial=0.0, address=None, storage_path=str(tmp_path), name="s",
@@ -171,7 +171,7 @@ def _node(cpu, gpu=0.0):
     ({"cpus_per_trial": 0.5}, [_node(16)], 0.5),                # an explicit value is kept
 ])
 def test_auto_cpus_per_trial_shares_the_hosts_cpus_among_running_trials(tmp_path, kw, nodes, expected):
-    from study.spec import resolve_cpus
+    from advtune.study.spec import resolve_cpus
 
     assert resolve_cpus(_spec(tmp_path, **kw), nodes).cpus_per_trial == expected
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from study.records import StudyRecords
+from advtune.study.records import StudyRecords
 
 N_TRIALS, EPOCHS = 4, 4
-ADVTUNE = [sys.executable, "-m", "study.cli"]
+ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
 
 
 def _env(cache: Path) -> dict:

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from trainables import attacks, finetune
-from trainables.checkpoints import load_starting_point
-from trainables.config import ConfigError, TrialConfig
-from trainables.evaluate import evaluate_pgd
-from trainables.loader import iterate
-from trainables.pretrain import cached_path, ensure_pretrained
-from trainables.setup import prepare
+from advtune.trainables import attacks, finetune
+from advtune.trainables.checkpoints import load_starting_point
+from advtune.trainables.config import ConfigError, TrialConfig
+from advtune.trainables.evaluate import evaluate_pgd
+from advtune.trainables.loader import iterate
+from advtune.trainables.pretrain import cached_path, ensure_pretrained
+from advtune.trainables.setup import prepare
 
 from conftest import DIGITS_N_TRAIN, TINY
 
@@ -151,7 +151,7 @@ def test_free_at_crafts_in_train_mode_and_refuses_eval_mode():
 
 def test_reported_lr_is_the_lr_of_the_last_step_taken(recorder, tiny_config):
     """The reported lr was the next step's, and the last epoch reported schedule(1.0), never used."""
-    from trainables.schedules import schedule_from_config
+    from advtune.trainables.schedules import schedule_from_config
 
     cfg = tiny_config.replace(schedule="sfd", warmup=0.3, decay_rate=3.0, epochs=2)
     rep = recorder()

@@ -8,7 +8,7 @@ import threading
 import psutil
 import pytest
 
-from trainables.tune_adapter import release_freed_memory
+from advtune.trainables.tune_adapter import release_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or "musl" in (ctypes.util.find_library("c") or ""),
