@@ -26,6 +26,7 @@ class Prepared:
     model: NormalizedModel
     load_report: LoadReport | None
     augment: str
+    normalization: str = ""  # which mean/std the normalize layer holds, and why (also in load_report)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,20 +86,23 @@ def prepare(cfg: TrialConfig, with_starting_point: bool = True,
         report = load_starting_point(model, ensure_pretrained(cfg), trust=False, min_fraction=cfg.min_loaded_fraction)
     elif tv_weights is not None:
         report = _torchvision_report(model, pretrained, fresh_head)
-    if report is not None:
-        apply_normalization(model, cfg, splits, report, pretrained)
-        if on_load is not None:
-            on_load(report)
+    # The choice applies with or without a starting point: a model trained from scratch with
+    # `normalization: 0/1` trains behind an identity normalizer (issue 25: it used to keep the data's
+    # statistics while its saved config said 0/1).
+    label = apply_normalization(model, cfg, splits, report, pretrained if report is not None else None)
+    if report is not None and on_load is not None:
+        on_load(report)
     augment = cfg.augment if cfg.augment != "auto" else splits.augment
-    return Prepared(device, splits, model, report, augment)
+    return Prepared(device, splits, model, report, augment, label)
 
 
-def apply_normalization(model: NormalizedModel, cfg: TrialConfig, splits: Splits, report: LoadReport,
-                        pretrained: str | None) -> None:
-    """Set the normalize layer per ``cfg.normalization`` (see trainables/normalization.py) and
-    record the choice in ``report``."""
+def apply_normalization(model: NormalizedModel, cfg: TrialConfig, splits: Splits, report: LoadReport | None,
+                        pretrained: str | None) -> str:
+    """Set the normalize layer per ``cfg.normalization`` (see trainables/normalization.py), record
+    the choice in ``report`` (None: no starting point was loaded) and return its label. A choice
+    that cannot apply (another channel count) is a ConfigError, with or without a starting point."""
     stats, label = choose_normalization(cfg.normalization, cfg.model, pretrained, (splits.mean, splits.std),
-                                        report.normalizer, timm_stats(model))
+                                        report is not None and report.normalizer, timm_stats(model))
     if stats is not None:
         mean, std = stats
         if len(mean) != model.normalize.mean.numel():
@@ -107,7 +111,9 @@ def apply_normalization(model: NormalizedModel, cfg: TrialConfig, splits: Splits
         with torch.no_grad():
             model.normalize.mean.copy_(torch.tensor(mean).view_as(model.normalize.mean))
             model.normalize.std.copy_(torch.tensor(std).view_as(model.normalize.std))
-    report.normalization = label
+    if report is not None:
+        report.normalization = label
+    return label
 
 
 def _head_reinitialised(name: str, weights: str, model: NormalizedModel) -> bool:
