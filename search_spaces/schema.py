@@ -20,7 +20,10 @@ Distributions: ``uniform: [lo, hi]``, ``loguniform: [lo, hi]`` (lo > 0), ``int: 
 (optional ``step``, ``log``), ``categorical: [a, b, ...]``. Options: ``when: {param: value or
 [values]}`` makes a parameter exist only when earlier parameters (or base values) have those
 values; ``scale: eval_eps`` multiplies the bounds (and starting-point values) by the study's
-``eval_eps``, so one preset serves any threat model. Every name is a trial-config key.
+``eval_eps``, so one preset serves any threat model. Every name is a trial-config key, except
+the study's threat model and validation set (``THREAT_KEYS``: ``norm``, ``eval_eps``, the validation
+attack, the validation images), which are fixed per study so that trials rank on one figure: they
+may be fixed under ``base``, never searched.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import yaml
 
 from advtune.trainables.config import ConfigError, TrialConfig, parse_eps
 
-__all__ = ["SpaceError", "Param", "SearchSpace", "load_space", "PRESETS", "preset_path"]
+__all__ = ["SpaceError", "Param", "SearchSpace", "load_space", "PRESETS", "preset_path", "THREAT_KEYS"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
@@ -41,6 +44,13 @@ _TOP_KEYS = ("name", "description", "base", "params", "starting_points")
 _DISTS = ("uniform", "loguniform", "int", "categorical")
 _OPTIONS = ("when", "scale", "step", "log")
 _FIELDS = tuple(TrialConfig.__dataclass_fields__)
+# The threat model and the validation set: the attack every trial is validated with and the images it is
+# validated on. One study has one of each, or its trials' robust accuracies do not rank together; warm
+# starts (study/warm_start.py) refuse a study that differs in any of them.
+THREAT_KEYS = ("norm", "eval_eps", "val_steps", "val_step_size", "val_restarts", "dataset", "data_root",
+               "image_size", "val_size", "split_seed")
+# Pixel-unit fields: a range written in multiples of eval_eps ([0.75, 1.25]) needs `scale: eval_eps`.
+_EPS_KEYS = ("train_eps", "train_step_size")
 
 
 class SpaceError(ValueError):
@@ -57,6 +67,7 @@ class Param:
     step: int | None = None
     log: bool = False
     when: dict[str, tuple] = field(default_factory=dict)
+    scale: str | None = field(default=None, compare=False)  # "eval_eps": bounds were given in its multiples
 
     def active(self, values: dict[str, Any]) -> bool:
         return all(values.get(k) in allowed for k, allowed in self.when.items())
@@ -117,6 +128,11 @@ def _parse_param(source: str, name: str, spec: Any, eval_eps: float) -> Param:
         raise _err(source, f"params.{name}", "not a trial-config key" + (f"; did you mean '{near[0]}'?" if near else
                                                                           " (see advtune --help-config)"))
     key = f"params.{name}"
+    if name in THREAT_KEYS:
+        raise _err(source, key, f"'{name}' is part of the study's threat model or validation set, which every trial "
+                                "shares so that their robust accuracies rank together; it cannot be searched. Fix "
+                                f"it for the study instead (--set {name}=VALUE, or under the space's base:), and run "
+                                "one study per threat model")
     if not isinstance(spec, dict):
         raise _err(source, key, f"expected a mapping like {{uniform: [lo, hi]}}, got {spec!r}")
     unknown = [k for k in spec if k not in _DISTS + _OPTIONS]
@@ -140,7 +156,7 @@ def _parse_param(source: str, name: str, spec: Any, eval_eps: float) -> Param:
     if kind == "categorical":
         if not isinstance(values, list) or not values:
             raise _err(source, f"{key}.categorical", f"expected a non-empty list of choices, got {values!r}")
-        return Param(name, kind, choices=tuple(values), when=when_t)
+        return Param(name, kind, choices=tuple(values), when=when_t, scale=scale)
     if not isinstance(values, list) or len(values) != 2:
         raise _err(source, f"{key}.{kind}", f"expected [low, high], got {values!r}")
     low, high = (_number(source, f"{key}.{kind}", v) * factor for v in values)
@@ -156,7 +172,7 @@ def _parse_param(source: str, name: str, spec: Any, eval_eps: float) -> Param:
     if step is not None and (kind != "int" or not isinstance(step, int) or step < 1):
         raise _err(source, f"{key}.step", "step is a positive integer, for int parameters only")
     return Param(name, kind, low=low, high=high, step=step, log=bool(spec.get("log", kind == "loguniform")),
-                 when=when_t)
+                 when=when_t, scale=scale)
 
 
 def _check_against_config(source: str, base: dict, params: tuple[Param, ...], base_cfg: TrialConfig) -> None:
@@ -170,7 +186,23 @@ def _check_against_config(source: str, base: dict, params: tuple[Param, ...], ba
             try:
                 merged.replace(**{p.name: v})
             except ConfigError as exc:
-                raise _err(source, f"params.{p.name}", f"value {v!r} is not valid: {exc}") from None
+                raise _err(source, f"params.{p.name}", f"value {v!r} is not valid: {exc}"
+                           + _scale_hint(p, merged)) from None
+
+
+def _scale_hint(p: Param, merged: TrialConfig) -> str:
+    """The fix for an epsilon range written in multiples of eval_eps without ``scale: eval_eps``, when
+    the scaled bounds would be valid; else nothing."""
+    if p.name not in _EPS_KEYS or p.scale is not None or p.kind == "categorical":
+        return ""
+    eps = merged.eval_eps
+    try:
+        for v in (p.low, p.high):
+            merged.replace(**{p.name: v * eps})
+    except ConfigError:
+        return ""
+    return (f"; if [{p.low:g}, {p.high:g}] are multiples of the study's eval_eps, add `scale: eval_eps` to "
+            f"params.{p.name} (bounds then {p.low * eps:.4g} to {p.high * eps:.4g} at eval_eps {eps:.4g})")
 
 
 def load_space(name_or_path: str | Path, base_cfg: TrialConfig | None = None) -> SearchSpace:
@@ -180,7 +212,9 @@ def load_space(name_or_path: str | Path, base_cfg: TrialConfig | None = None) ->
     if str(name_or_path) in PRESETS:
         path = preset_path(str(name_or_path))
     elif not path.exists():
-        raise SpaceError(f"search space '{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor an existing file")
+        near = difflib.get_close_matches(str(name_or_path), PRESETS, n=1)
+        raise SpaceError(f"search space '{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor an existing file"
+                         + (f"; did you mean '{near[0]}'?" if near else ""))
     source = str(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -18,9 +18,12 @@ What is taken from a study:
 A study is refused as a whole (an ``error:``, nothing started) unless it is comparable:
 - the same searched parameters with the same distributions and conditions, and the same fixed
   values of the space (``base``), because a value means nothing outside its space;
-- the same threat model and validation: ``norm``, ``eval_eps``, ``val_steps``, ``val_restarts``
-  (the attack the robust accuracy was measured with), ``dataset``, ``val_size``, ``split_seed`` (the
-  same held-out images). This is the contract that makes trials of one study comparable.
+- the same threat model and validation (``search_spaces.THREAT_KEYS``): ``norm``, ``eval_eps``,
+  ``val_steps``, ``val_step_size`` (compared as the step the attack used: unset means 2.5·eps/k),
+  ``val_restarts`` (the attack the robust accuracy was measured with), ``dataset``, ``val_size``,
+  ``split_seed``, and where the dataset reads them ``data_root`` (every dataset but digits) and
+  ``image_size`` (imagefolder) (the same held-out images). This is the contract that makes trials of
+  one study comparable.
 Other fixed settings may differ (more epochs, another model or starting point: the usual next
 iteration); each difference is printed, and the earlier values are seeded as they are.
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from advtune.search_spaces import SearchSpace, load_space
+from advtune.search_spaces.schema import THREAT_KEYS
 from advtune.trainables.config import TrialConfig
 
 from .errors import StudyError
@@ -39,7 +43,7 @@ from .records import StudyRecords, read_marker
 
 __all__ = ["WarmStart", "collect", "seed", "space_distributions", "COMPARABLE_KEYS"]
 
-COMPARABLE_KEYS = ("norm", "eval_eps", "val_steps", "val_restarts", "dataset", "val_size", "split_seed")
+COMPARABLE_KEYS = THREAT_KEYS  # one list for the space schema (never searched) and warm starts (must match)
 _FINISHED = ("completed", "diverged", "catastrophic_overfitting")
 
 
@@ -114,13 +118,26 @@ def seed(study_dir: Path, spec, ws: WarmStart) -> None:
     study.add_trials(ws.trials)
 
 
+def _threat_value(cfg: TrialConfig, key: str):
+    """What ``key`` means for the validation: the PGD step the attack used (None is 2.5·eps/k), and
+    ``data_root`` / ``image_size`` only where the dataset reads them."""
+    if key == "val_step_size":
+        return round(cfg.val_step_value, 12)
+    if key == "data_root" and cfg.dataset == "digits":
+        return None  # bundled with scikit-learn: no root
+    if key == "image_size" and cfg.dataset != "imagefolder":
+        return None
+    return getattr(cfg, key)
+
+
 def _check_threat(d: str, old: TrialConfig, new: TrialConfig) -> None:
-    diff = [f"{k} {getattr(old, k)!r} there, {getattr(new, k)!r} here" for k in COMPARABLE_KEYS
-            if getattr(old, k) != getattr(new, k)]
+    diff = [f"{k} {_threat_value(old, k)!r} there, {_threat_value(new, k)!r} here" for k in COMPARABLE_KEYS
+            if _threat_value(old, k) != _threat_value(new, k)]
     if diff:
         raise StudyError(f"--warm-start {d}: that study measured robust accuracy under another threat model or "
                          f"validation ({'; '.join(diff)}), so its results are not comparable; warm-start only from "
-                         "studies with the same norm, eval_eps, val_steps, val_restarts, dataset and validation split")
+                         "studies with the same norm, eval_eps, validation attack (val_steps, val_step_size, "
+                         "val_restarts) and validation images (dataset, data_root, image_size, val_size, split_seed)")
 
 
 def _check_space(d: str, path: Path, marker: dict, old_cfg: TrialConfig, space: SearchSpace, dists: dict) -> None:

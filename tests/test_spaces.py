@@ -60,6 +60,8 @@ BAD = [
      ["starting_points[0].warmup"]),
     ("bad base value", "base:\n  eval_eps: 3\nparams:\n  peak_lr: {uniform: [0.1, 0.2]}\n", ["base", "eval_eps"]),
     ("not a mapping", "- peak_lr\n", ["expected a mapping"]),
+    ("eps range without scale", "params:\n  train_eps: {uniform: [0.75, 1.25]}\n",
+     ["params.train_eps", "out of range", "add `scale: eval_eps`", "0.15 to 0.25"]),
     ("invalid YAML", "params: {peak_lr: [\n", ["not valid YAML"]),
 ]
 
@@ -78,6 +80,24 @@ def test_bad_space_files_fail_naming_key_and_file(tmp_path, label, text, needles
 def test_missing_space_names_the_presets():
     with pytest.raises(SpaceError, match="neither a preset"):
         load_space("no-such-space")
+    with pytest.raises(SpaceError, match="did you mean 'sfd'"):  # a typo of a preset's name
+        load_space("sdf")
+
+
+@pytest.mark.parametrize("key, dist", [("eval_eps", "uniform: [0.1, 0.3]"), ("norm", "categorical: [linf, l2]"),
+                                       ("split_seed", "int: [0, 3]"), ("val_size", "uniform: [0.1, 0.3]"),
+                                       ("val_steps", "int: [5, 20]"), ("val_step_size", "uniform: [0.01, 0.05]"),
+                                       ("val_restarts", "int: [1, 3]")])
+def test_the_threat_model_and_validation_set_cannot_be_searched(tmp_path, key, dist):
+    """Trials validated under different attacks or on different images do not rank together."""
+    path = _write(tmp_path, f"params:\n  peak_lr: {{loguniform: [0.01, 0.1]}}\n  {key}: {{{dist}}}\n")
+    with pytest.raises(SpaceError) as exc:
+        load_space(path)
+    msg = str(exc.value)
+    assert str(path) in msg and f"params.{key}" in msg and "cannot be searched" in msg and f"--set {key}=" in msg
+    fixed = _write(tmp_path, f"base:\n  {key}: {TrialConfig().to_dict()[key]!r}\nparams:\n  peak_lr: {{loguniform: [0.01, 0.1]}}\n"
+                   if key != "val_step_size" else "base:\n  val_step_size: 0.05\nparams:\n  peak_lr: {loguniform: [0.01, 0.1]}\n")
+    assert load_space(fixed).base  # fixing it for the whole study is fine
 
 
 CONDITIONAL = """
