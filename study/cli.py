@@ -39,22 +39,9 @@ def _default_out(kind: str, cfg) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from advtune.trainables import finetune
-    from advtune.trainables.reporting import LocalReporter
-
     cfg = _load_config(args)
     out = Path(args.out) if args.out else _default_out("train", cfg)
-    if (out / "last.pt").exists() and not args.resume:
-        raise _usage_error(f"{out} already holds a run (last.pt); pass --resume to continue it, or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out / "config.yaml")
-    print(f"advtune train: {cfg.dataset} / {cfg.model} / attack {cfg.attack} (train eps {cfg.train_eps_value:.4g}, "
-          f"{cfg.norm}) / schedule {cfg.schedule} / {cfg.epochs} epochs → {out}", flush=True)
-    reporter = LocalReporter(out)
-    try:
-        summary = finetune.run(cfg, reporter, resume_from=out if args.resume else None, progress=not args.quiet)
-    finally:
-        reporter.close()
+    summary = train_config(cfg, out, resume=args.resume, progress=not args.quiet)
     best = summary["best"] or {}
     print(f"\n{summary['status']}: best robust val acc {100 * best.get('robust_acc', 0):.1f}% (clean "
           f"{100 * best.get('clean_acc', 0):.1f}%) at epoch {best.get('epoch', '-')}; grad passes "
@@ -62,6 +49,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"checkpoints: {out / 'best.pt'} (best robust), {out / 'last.pt'} (last)")
     print(f"next: advtune eval --checkpoint {out / 'best.pt'}")
     return 0 if summary["status"] in ("completed", "catastrophic_overfitting") else 1
+
+
+def train_config(cfg, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """One trial of ``cfg`` into ``out`` (``advtune train`` and ``advtune.train``); returns finetune.run's summary."""
+    from advtune.trainables import finetune
+    from advtune.trainables.reporting import LocalReporter
+
+    out = Path(out)
+    if (out / "last.pt").exists() and not resume:
+        raise _usage_error(f"{out} already holds a run (last.pt); pass --resume to continue it, or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out / "config.yaml")
+    print(f"advtune train: {cfg.dataset} / {cfg.model} / attack {cfg.attack} (train eps {cfg.train_eps_value:.4g}, "
+          f"{cfg.norm}) / schedule {cfg.schedule} / {cfg.epochs} epochs → {out}", flush=True)
+    reporter = LocalReporter(out)
+    try:
+        return finetune.run(cfg, reporter, resume_from=out if resume else None, progress=progress)
+    finally:
+        reporter.close()
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -86,6 +92,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(args)
+    failed = [c["name"] for c in result["sanity"] if not c["passed"]]
+    if failed and args.strict:
+        print(f"advtune eval: sanity check(s) failed: {', '.join(failed)} (--strict)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict:
+    """``advtune eval`` (and ``advtune.evaluate``): evaluates, prints, and returns what ``--json`` writes."""
     from torch.utils.data import Subset, TensorDataset
 
     from advtune.trainables.checkpoints import FORMAT, CheckpointError, load_file
@@ -140,17 +156,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {res.attack:<20} {100 * res.robust_acc:6.2f}%  (clean {100 * res.clean_acc:.2f}% on the same "
               f"{res.n} images)")
     checks = [] if args.no_sanity else _sanity(args, model, split, cfg, eps, prep.device)
+    result = {"checkpoint": str(args.checkpoint), "split": args.split, "norm": cfg.norm, "eps": eps,
+              "images": len(split), "results": [r.as_dict() for r in results], "sanity": [c.as_dict() for c in checks],
+              "load_report": report.to_dict()}
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, "norm": cfg.norm,
-                                               "eps": eps, "images": len(split),
-                                               "results": [r.as_dict() for r in results],
-                                               "sanity": [c.as_dict() for c in checks],
-                                               "load_report": report.to_dict()}, indent=2))
-    failed = [c.name for c in checks if not c.passed]
-    if failed and args.strict:
-        print(f"advtune eval: sanity check(s) failed: {', '.join(failed)} (--strict)", file=sys.stderr)
-        return 1
-    return 0
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
 
 
 def _sanity(args: argparse.Namespace, model, split, cfg, eps: float, device) -> list:

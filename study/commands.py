@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import StudyError
 
-__all__ = ["register", "cmd_run", "cmd_resume", "cmd_status", "cmd_export", "cmd_report"]
+__all__ = ["register", "run", "cmd_run", "cmd_resume", "cmd_status", "cmd_export", "cmd_report"]
 
 
 def _pretrained_target(spec, study_dir: Path):
@@ -74,6 +74,9 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         from .final_eval import run_final_eval
 
         run_final_eval(tb, spec, study_dir)
+        from .trackers import log_final
+
+        log_final(spec, study_dir)  # the strong figures, to each trial's MLflow run (--tracker mlflow)
     finally:
         if started:
             import ray
@@ -146,18 +149,25 @@ def _write_marker(spec, space, study_dir: Path, pretrain: dict | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    run(args)
+    return 0
+
+
+def run(args: argparse.Namespace, base=None):
+    """`advtune run` and ``advtune.run_study``: resolve, check and run a study. ``base``: the base TrialConfig
+    (default: ``--config`` and ``--set``). Returns the StudySpec, or None for ``--dry-run``."""
     from advtune.study.cli import _load_config
 
     from .spec import build_spec, describe
 
-    spec, space = build_spec(args, _load_config(args))
+    spec, space = build_spec(args, base if base is not None else _load_config(args))
     from advtune.trainables.user_code import check_importable
 
     check_importable(spec.base_config)  # a model or dataset import path that fails is refused before Ray starts
     print(describe(spec, space), flush=True)
     if args.dry_run:
         _warm_start(spec, space)  # says what a warm start would take, or refuses it, before anything runs
-        return 0
+        return None
     study_dir = spec.study_dir
     if spec.is_cloud:
         from .storage import check_cloud_study_free
@@ -178,7 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .storage import Remote
 
         Remote(spec.location, study_dir).push()
-    return _launch(spec, space, study_dir, resume=False, pretrain_cfg=pretrain)
+    _launch(spec, space, study_dir, resume=False, pretrain_cfg=pretrain)
+    return spec
 
 
 def _warm_start(spec, space):
@@ -374,6 +385,9 @@ def register(sub) -> None:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
     p.add_argument("--dry-run", action="store_true", help="print the resolved study and exit")
     p.add_argument("--verbose", action="store_true", help="Ray Tune's own output too")
+    p.add_argument("--tracker", action="append", default=[], metavar="mlflow[:URI]|wandb[:PROJECT]",
+                   help="also log every trial to MLflow or Weights & Biases through Ray Tune's logger callbacks "
+                   "(repeatable; needs pip install 'advtune[mlflow]' or 'advtune[wandb]')")
     _final_args(p)
     p.set_defaults(func=cmd_run)
 

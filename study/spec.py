@@ -49,6 +49,7 @@ class StudySpec:
     final_attack: str = "auto"
     final_top_k: int | None = None  # None: every trial ASHA let past its last rung and the 3 best by selection
     final_images: int | None = None  # None: 128 validation images on CPU trials, 1000 with GPUs
+    trackers: tuple[str, ...] = ()  # --tracker mlflow[:URI] | wandb[:PROJECT] (study/trackers.py)
 
     @property
     def slots(self) -> int:
@@ -82,7 +83,7 @@ class StudySpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudySpec":
         return cls(**{**d, "base_config": TrialConfig.from_dict(d["base_config"]),
-                      "warm_start": tuple(d.get("warm_start", ()))})
+                      "warm_start": tuple(d.get("warm_start", ())), "trackers": tuple(d.get("trackers", ()))})
 
 
 def min_grace(space: SearchSpace, base: TrialConfig, max_epochs: int) -> tuple[int, float]:
@@ -143,6 +144,7 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                              "study is STUDY/optuna.db, which optuna-dashboard opens (drop --optuna-storage)")
         storage = str(Path(storage).expanduser().resolve())
     from .objectives import parse_objective
+    from .trackers import parse_trackers
 
     objective = parse_objective(getattr(args, "objective", None)).text
     warm = tuple(str(Path(d).expanduser().resolve()) for d in getattr(args, "warm_start", None) or ())
@@ -153,7 +155,8 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                      storage_path=storage, seed=args.seed, max_failures=args.max_failures,
                      verbose=args.verbose, assume_shared_storage=args.assume_shared_storage, objective=objective,
                      sampler=getattr(args, "sampler", None) or "tpe", warm_start=warm,
-                     optuna_storage=getattr(args, "optuna_storage", None), **final)
+                     optuna_storage=getattr(args, "optuna_storage", None),
+                     trackers=parse_trackers(getattr(args, "tracker", None)), **final)
     return spec, space
 
 

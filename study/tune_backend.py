@@ -155,6 +155,8 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
 
     from advtune.search_spaces import define_by_run
 
+    from .trackers import callbacks as tracker_callbacks  # --tracker: Ray Tune's MLflow / W&B logger callbacks
+
     from .objectives import parse_objective
 
     objective = parse_objective(spec.objective)
@@ -187,7 +189,7 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
             name=spec.name, storage_path=str(spec.storage_path), verbose=1 if spec.verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[_callback(spec, study_dir, searcher)],
+            callbacks=[_callback(spec, study_dir, searcher), *tracker_callbacks(spec)],
             progress_reporter=None if spec.verbose else _Silent()))
 
 
