@@ -277,8 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_set(argv: list[str]) -> str | None:
+    """``--set KEY VALUE`` (a space): argparse would only say 'unrecognized arguments: VALUE'. The hint, or None."""
+    for i, a in enumerate(argv[:-2]):
+        key, value = argv[i + 1], argv[i + 2]
+        if a == "--set" and "=" not in key and not key.startswith("-") and not value.startswith("--"):
+            return f"--set {key} {value}: write --set {key}={value} (one KEY=VALUE token per --set)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    hint = _split_set(argv)
+    if hint:
+        command = next((a for a in argv if not a.startswith("-")), "")
+        print(f"advtune {command}: error: {hint}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -63,6 +63,10 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
                   "CPUs; set --cpus-per-trial to choose)", flush=True)
         check_resources(spec, nodes)
         check_storage(spec, len(nodes))
+        if not spec.is_cloud:  # `advtune status` / `export` can tell a running study (study/liveness.py)
+            from .liveness import driver_started
+
+            driver_started(study_dir)
         _ensure_pretrained(tb, spec, pretrain_cfg)
         tuner = tb.restore_tuner(spec, study_dir) if resume else tb.make_tuner(spec, space, study_dir)
         tb.fit(tuner)
@@ -78,6 +82,9 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
 
         log_final(spec, study_dir)  # the strong figures, to each trial's MLflow run (--tracker mlflow)
     finally:
+        from .liveness import driver_ended
+
+        driver_ended(study_dir)
         if started:
             import ray
 
@@ -121,7 +128,7 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
     print(f"export: {paths[0]}  (rerun: advtune train --config {paths[1]})")
     print(f"compare: tensorboard --logdir {study_dir}")
     if final.get("trials"):
-        print(f"\nstrong evaluation ({describe_final(final)}; ranked by strong%):\n{strong_table(records, final)}")
+        print(f"\nstrong evaluation ({describe_final(final)}; ranked by strong%):\n{strong_table(records, final, objective)}")
     return 0
 
 
@@ -219,6 +226,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from .final_eval import check_settings
 
     check_settings(spec.final_attack, spec.final_top_k, spec.final_images, spec.num_samples)  # before Ray starts
+    from .liveness import driver_of
+
+    driver = driver_of(study_dir)
+    if driver is not None:
+        raise StudyError(f"study {spec.name} is running ({driver.describe()}); a second driver would run its trials "
+                         f"twice. Follow it with advtune status {study_dir} --watch")
+    done = _nothing_to_resume(spec, study_dir)
+    if done:
+        print(done)
+        return 0
     if args.address is not None:
         from dataclasses import replace
 
@@ -229,6 +246,34 @@ def cmd_resume(args: argparse.Namespace) -> int:
     print(f"resuming study {spec.name} in {study_dir}"
           + (f" ({added} epoch(s) restored from the trials' histories)" if added else ""), flush=True)
     return _launch(spec, None, study_dir, resume=True, pretrain_cfg=marker.get("pretrain_from"))
+
+
+def _nothing_to_resume(spec, study_dir: Path) -> str | None:
+    """A line saying the study is complete when resuming it would do nothing: every trial asked for has
+    ended and the final strong evaluation (unless off) holds every trial it would attack, with the
+    study's settings (as ``final_eval.run_final_eval`` decides them). None otherwise."""
+    from .final_eval import candidates, load_final, resolve_attack, resolve_images
+    from .records import FINAL_STATES, StudyRecords
+    from .spec import asha_rungs
+
+    records = StudyRecords(study_dir, tensorboard=False).load()
+    if len(records) < spec.num_samples or any(r.state not in FINAL_STATES for r in records):
+        return None
+    what = "final strong evaluation off"
+    if spec.final_attack != "none":
+        final = load_final(study_dir)
+        settings = final.get("settings", {})
+        if (settings.get("attack") != resolve_attack(spec.final_attack)
+                or settings.get("images") != resolve_images(spec.final_images, spec.gpus_per_trial)):
+            return None
+        rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
+        chosen = candidates(records, rungs[-1] if rungs else None, spec.final_top_k)
+        if any(r.trial_id not in (final.get("trials") or {}) for r in chosen):
+            return None
+        what = f"final strong evaluation of {len(chosen)} trials done"
+    return (f"study {spec.name} is complete ({len(records)} of {spec.num_samples} trials ended, {what}): nothing to "
+            f"resume. Read it with advtune status / export / report {study_dir}; to search further, start a new "
+            f"study with advtune run --warm-start {study_dir}")
 
 
 def _resume_cloud(args: argparse.Namespace) -> int:
@@ -263,28 +308,110 @@ def _resume_cloud(args: argparse.Namespace) -> int:
 
 def _local(location: str):
     """A study's folder to read: the path, or a fresh local copy of a URI's records (and the Remote to push to)."""
-    from .storage import open_study
+    from .storage import is_uri, open_study
 
+    if not is_uri(location):
+        _check_exists(location)
     return open_study(location)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from .export import compute_summary, load_study, status_table
+def _check_exists(location: str) -> None:
+    """A study path that does not exist: say so, and list the studies in the default storage folder."""
+    import os
 
-    study_dir, _ = _local(args.study)
-    marker, records = load_study(study_dir)
+    path = Path(location)
+    if path.exists():
+        return
+    from .records import MARKER
+
+    root = Path(os.environ.get("ADVTUNE_STORAGE", "advtune_runs"))
+    found = sorted(d for d in root.glob("*") if (d / MARKER).exists()) if root.is_dir() else []
+    near = ""
+    if found:
+        import difflib
+
+        close = difflib.get_close_matches(str(path), [str(d) for d in found], n=1)
+        near = f"; did you mean {close[0]}?" if close else ""
+    listing = (f"studies under {root}/: {', '.join(str(d) for d in found)}{near}" if found else
+               f"no study under {root}/ here either (pass the folder `advtune run` printed)")
+    raise StudyError(f"{location} does not exist; {listing}")
+
+
+def _study_state(study_dir: Path, records, spec: dict) -> tuple[str, str]:
+    """(``running`` | ``complete`` | ``interrupted``, one line for the user)."""
+    from .liveness import study_state
+
+    state, driver = study_state(study_dir, records, spec.get("num_samples", len(records)))
+    if state == "running":
+        return state, f"running ({driver.describe()})"
+    if state == "complete":
+        return state, "complete"
+    return state, f"interrupted (no driver running): continue it with advtune resume {study_dir}"
+
+
+def _status_header(study_dir: Path, marker: dict, records, final: dict) -> dict:
+    from .export import compute_summary
+
     spec = marker["spec"]
     summary = compute_summary(records, spec["max_epochs"])
-    print(f"study {spec['name']}: {len(records)} of {spec['num_samples']} trials recorded, "
-          f"{summary['pruned']} pruned by ASHA")
-    from .final_eval import describe as describe_final, load_final
+    state, line = _study_state(study_dir, records, spec)
+    if state == "complete" and not final.get("trials") and spec.get("final_attack", "auto") != "none":
+        line += "; no final strong evaluation yet (advtune resume runs it)"
+    return {"study": spec["name"], "directory": str(study_dir), "state": state, "state_line": line,
+            "objective": spec.get("objective") or "robust", "trials_recorded": len(records),
+            "num_samples": spec["num_samples"], "pruned": summary["pruned"]}
 
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch is not None and args.format != "table":
+        raise StudyError(f"--watch redraws the table; drop --format {args.format} (JSON and CSV print once)")
+    if args.watch is not None and args.watch <= 0:
+        raise StudyError(f"--watch {args.watch:g}: give the seconds between redraws, e.g. --watch 10")
+    study_dir, _ = _local(args.study)
+    if args.watch is None:
+        _print_status(study_dir, args.format)
+        return 0
+    import sys
+
+    clear = sys.stdout.isatty()
+    try:
+        while True:
+            if clear:
+                print("\033[H\033[J", end="")
+            state = _print_status(study_dir, "table")
+            if state != "running":
+                print(f"the study is no longer running ({state}); stopped watching")
+                return 0
+            print(f"(refreshing every {args.watch:g} s while it runs; Ctrl-C stops watching, not the study)",
+                  flush=True)
+            time.sleep(args.watch)
+            study_dir, _ = _local(args.study)  # a URI: fresh records
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print_status(study_dir: Path, fmt: str) -> str:
+    """Print the study's status in ``fmt``; returns its state (running | complete | interrupted)."""
+    from .export import load_study
+    from .final_eval import load_final
+    from .objectives import objective_of
+    from .status import status_csv, status_json, status_legend, status_rows, status_table
+
+    marker, records = load_study(study_dir)
     final = load_final(study_dir)
-    print(status_table(records, final))
-    print(f"robust% = selection figure; strong% = {describe_final(final)}" if final.get("trials") else
-          "robust% = the validation attack's best; no final strong evaluation yet (advtune resume runs it)")
-    _print_load_reports(records)
-    return 0
+    objective = objective_of(marker)
+    header = _status_header(study_dir, marker, records, final)
+    if fmt == "json":
+        print(status_json(header, status_rows(records, final, objective)))
+    elif fmt == "csv":
+        print(status_csv(status_rows(records, final, objective)), end="")
+    else:
+        print(f"study {header['study']}: {header['trials_recorded']} of {header['num_samples']} trials recorded, "
+              f"{header['pruned']} pruned by ASHA; {header['state_line']}")
+        print(status_table(records, final, objective))
+        print("\n".join(status_legend(final, objective)))
+        _print_load_reports(records)
+    return header["state"]
 
 
 def _print_load_reports(records) -> None:
@@ -302,19 +429,50 @@ def _print_load_reports(records) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    import sys
 
+    from .export import PARETO_FIGURES, export
+
+    if args.top_k is not None and args.top_k < 1:
+        raise StudyError(f"--top-k {args.top_k}: export at least 1 trial (--top-k 1 is the best; --pareto for the "
+                         "clean-vs-robust set)")
     study_dir, remote = _local(args.study)
+    from .export import load_study
+
+    marker, records = load_study(study_dir)
+    state, line = _study_state(study_dir, records, marker["spec"])
+    if state != "complete":
+        print(f"advtune export: warning: study {marker['spec']['name']} is still running" if state == "running"
+              else f"advtune export: warning: study {marker['spec']['name']}'s search has not finished",
+              file=sys.stderr)
+        print(f"  ({line}); this export is of the {len(records)} trials recorded so far, before the final strong "
+              "evaluation: export again when it has ended", file=sys.stderr)
     # --top-k asks for a ranking; with neither flag a two-objective study exports its Pareto front
     pareto_front = True if args.pareto else (False if args.top_k is not None else None)
-    paths = export(study_dir, top_k=args.top_k or 1, pareto_front=pareto_front, fmt=args.format, out=args.out)
+    paths = export(study_dir, top_k=args.top_k if args.top_k is not None else 1, pareto_front=pareto_front,
+                   fmt=args.format, out=args.out, as_stopped=args.as_stopped)
     if remote is not None and args.out is None:
         remote.push()
         print(f"uploaded to {remote.uri}/export/")
-    print(f"wrote {paths[0]}")
-    for p in paths[1:]:
+    index = json.loads(paths[0].read_text()) if args.format == "json" else _read_yaml(paths[0])
+    print(f"wrote {paths[0]}  ({index['selection']})")
+    if "figures" in index:
+        print(f"  Pareto set over the figures {PARETO_FIGURES}")
+    for p, entry in zip(paths[1:], index["entries"]):
         print(f"  {p}   rerun: advtune train --config {p}")
+        if entry["rerun"].startswith("this trial was"):  # stopped early: say what the rerun is (export._rerun)
+            ran, epochs = entry["metrics"]["epochs_run"], entry["config"]["epochs"]
+            print(f"      stopped at epoch {ran:g}: " + (
+                f"written with epochs {epochs} (--as-stopped), a compressed schedule, not the same run" if
+                args.as_stopped else f"the rerun trains the full {epochs}-epoch schedule, not the stopped model "
+                f"(that is {entry['checkpoint']}; --as-stopped writes the stopped length)"))
     return 0
+
+
+def _read_yaml(path: Path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -396,8 +554,14 @@ def register(sub) -> None:
     p.add_argument("--address", default=None)
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("status", help="table of a study's trials")
+    p = sub.add_parser("status", help="table of a study's trials",
+                       description="A study's trials, ranked as export ranks them, and whether it is running.")
     p.add_argument("study")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table (default), json (the study and every trial, accuracies as fractions) or csv (one "
+                   "row per trial, searched values as param.NAME columns)")
+    p.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
+                   help="redraw the table every SECONDS (default 10) while the study runs; stops when it ends")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("export", help="write the best configs (loadable by advtune train --config)")
@@ -407,7 +571,10 @@ def register(sub) -> None:
     p.add_argument("--pareto", action="store_true", default=None, help="the clean-vs-robust Pareto set instead of "
                    "top-k (the default of a robust+clean study: the front its search found)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
-    p.add_argument("--out", default=None, help="folder (default STUDY/export)")
+    p.add_argument("--out", default=None, help="folder (default STUDY/export; STUDY/export/pareto for --pareto)")
+    p.add_argument("--as-stopped", action="store_true",
+                   help="write a trial stopped early (by ASHA or a guard) with the epochs it ran instead of its full "
+                   "epochs: a compressed schedule, not the same run either (its best.pt is the evaluated model)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="plots and one HTML page of a study (schedules, Pareto, curves, compute)",

@@ -12,34 +12,19 @@ from advtune.trainables.config import TrialConfig
 from .errors import StudyError
 from .records import StudyRecords, TrialRecord, read_marker
 
-__all__ = ["load_study", "status_table", "pareto", "export", "entry_name", "compute_summary", "trial_config"]
+__all__ = ["load_study", "pareto", "export", "entry_name", "compute_summary", "trial_config", "pareto_dir",
+           "PARETO_FIGURES"]
+
+# What the clean-vs-robust Pareto set is computed over: both figures of every trial at its best epoch (the
+# strong figure exists only for the trials the final evaluation attacked, so a front over it would leave the
+# others out). A robust+clean study's front is the one its search found, over the same two figures.
+PARETO_FIGURES = ("robust_acc (the selection figure: the validation attack's best robust accuracy) and clean_acc "
+                  "(clean validation accuracy at that epoch), both at each trial's best epoch")
 
 
 def load_study(study_dir: str | Path) -> tuple[dict[str, Any], list[TrialRecord]]:
     marker = read_marker(study_dir)
     return marker, StudyRecords(study_dir, tensorboard=False).load()
-
-
-def _pct(v: Any) -> str:
-    return f"{100 * v:5.1f}" if isinstance(v, (int, float)) else "  -  "
-
-
-def status_table(records: list[TrialRecord], final: dict[str, Any] | None = None) -> str:
-    """One row per trial, ranked by the strong figure (``final``: the study's final evaluation), then,
-    for trials without one, by the selection figure (robust% = the validation attack's best)."""
-    from .final_eval import GAP_WARNING, rank, strong_of
-
-    final = final or {}
-    head = (f"{'trial':<20} {'state':<25} {'epochs':>6} {'robust%':>8} {'strong%':>8} {'clean%':>7} "
-            f"{'grad passes':>12}  why stopped")
-    rows = [head, "-" * len(head)]
-    for r in rank(records, final) + [r for r in records if not r.best]:
-        best, strong = r.best or {}, strong_of(final, r.trial_id) or {}
-        flag = f"  ! strong {100 * strong['gap']:.1f} points below: {GAP_WARNING}" if strong.get("flag") else ""
-        rows.append(f"{r.trial_id:<20} {r.state:<25} {r.epochs_run:>6g} {_pct(best.get('robust_acc')):>8} "
-                    f"{_pct(strong.get('robust_acc')):>8} {_pct(best.get('clean_acc')):>7} {r.grad_passes:>12,}  "
-                    f"{r.stop_reason}{flag}")
-    return "\n".join(rows)
 
 
 def pareto(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -59,11 +44,39 @@ def trial_config(marker: dict[str, Any], rec: TrialRecord) -> TrialConfig:
     return TrialConfig.from_dict(marker["spec"]["base_config"]).replace(**marker.get("space_base", {}), **rec.params)
 
 
+def _rerun(rec: TrialRecord, cfg: TrialConfig, checkpoint: str, as_stopped: bool) -> tuple[TrialConfig, str]:
+    """The config the export writes and what its rerun reproduces. A trial stopped early (ASHA, a guard)
+    is exported with its full ``epochs`` by default: the configuration as searched. Its figures are those
+    of a truncated run, and run to the end it usually lands elsewhere (a stopped trial's rerun reached
+    49.7% where its exported figure was 20.8%). ``as_stopped``: ``epochs`` = the length it ran, rounded
+    up; schedules are functions of progress t, so that compresses the whole schedule: not the same run
+    either. The honest 'evaluated model back' is the trial's best.pt."""
+    import math
+
+    ran = rec.epochs_run
+    if not rec.metrics or ran >= cfg.epochs:
+        return cfg, (f"reruns the trial as it ran ({cfg.epochs} epochs); the model it was evaluated as is "
+                     f"{checkpoint}")
+    why = "stopped by ASHA" if rec.state == "pruned" else f"ended early ({rec.state.replace('_', ' ')})"
+    stopped = max(1, math.ceil(ran))
+    if not as_stopped:
+        return cfg, (f"this trial was {why} at epoch {ran:g} of {cfg.epochs}: the rerun trains the full "
+                     f"{cfg.epochs}-epoch schedule, not the model that was evaluated (its figures are from a "
+                     f"truncated run and a full run usually ends elsewhere). The evaluated model is {checkpoint}; "
+                     f"`advtune export --as-stopped` writes epochs: {stopped}, the length it ran")
+    return cfg.replace(epochs=stopped), (
+        f"this trial was {why} at epoch {ran:g} of {cfg.epochs}; epochs is set to {stopped} (--as-stopped). "
+        f"Schedules are functions of training progress, so this compresses the whole {cfg.epochs}-epoch schedule "
+        f"(warmup, epsilon ramp, decay) into {stopped} epochs: not the same run either. The evaluated model "
+        f"itself is {checkpoint}")
+
+
 def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path,
-           strong: dict[str, Any] | None = None) -> dict[str, Any]:
+           strong: dict[str, Any] | None = None, as_stopped: bool = False) -> dict[str, Any]:
     from .final_eval import GAP_WARNING
 
-    cfg = trial_config(marker, rec)
+    checkpoint = _checkpoint(study_dir, marker, rec)
+    cfg, rerun = _rerun(rec, trial_config(marker, rec), checkpoint, as_stopped)
     best = rec.best or {}
     strong_metrics = {"strong_robust_acc": None} if strong is None else {
         "strong_robust_acc": strong["robust_acc"], "strong_clean_acc": strong["clean_acc"],
@@ -76,8 +89,9 @@ def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path
         "params": rec.params,
         "metrics": {"epoch": best.get("epoch"), "clean_acc": best.get("clean_acc"), "robust_acc": best.get("robust_acc"),
                     "grad_passes_total": rec.grad_passes, "epochs_run": rec.epochs_run, **strong_metrics},
-        "checkpoint": _checkpoint(study_dir, marker, rec),
+        "checkpoint": checkpoint,
         "command": f"advtune train --config {path} --out runs/rerun-{rec.trial_id}",
+        "rerun": rerun,
         "config": cfg.to_dict(),
         "load_report": _load_report(rec),
     }
@@ -100,14 +114,23 @@ def _checkpoint(study_dir: Path, marker: dict[str, Any], rec: TrialRecord) -> st
     return str((rec.directory or study_dir) / "best.pt")
 
 
+def pareto_dir(study_dir: str | Path) -> Path:
+    """Where a Pareto export goes by default: its own folder, so its rank prefixes never mix with top-k's."""
+    return Path(study_dir) / "export" / "pareto"
+
+
 def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool | None = None, fmt: str = "yaml",
-           out: str | Path | None = None) -> list[Path]:
+           out: str | Path | None = None, as_stopped: bool = False) -> list[Path]:
     """Write the best ``top_k`` trials (or the clean-vs-robust Pareto set) one file each, plus an
     index. Each file loads with ``advtune train --config FILE``. Returns the paths written.
 
     ``pareto_front`` None: the study's objective decides (``robust+clean``: the Pareto front its
-    search found, see ``study.objectives.search_front``; otherwise top-k). Top-k puts trials that
-    meet a ``robust:clean>=X`` floor first."""
+    search found, see ``study.objectives.search_front``; otherwise top-k). Top-k ranks as
+    ``study.objectives.rank_trials`` (a ``robust:clean>=X`` floor first). Default folder: STUDY/export,
+    STUDY/export/pareto for a Pareto set. ``as_stopped``: a trial stopped early is written with the
+    epochs it ran (see ``_rerun``)."""
+    if top_k < 1:
+        raise StudyError(f"--top-k {top_k}: export at least 1 trial (--top-k 1 is the best)")
     from .objectives import objective_of, search_front
 
     study_dir = Path(study_dir)
@@ -115,7 +138,8 @@ def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool | None = No
     ranked = [r for r in records if r.best]
     if not ranked:
         raise StudyError(f"{study_dir} has no trial with a finished validation yet; nothing to export")
-    from .final_eval import load_final, rank, strong_of
+    from .final_eval import load_final, strong_of
+    from .objectives import rank_trials
 
     final = load_final(study_dir)
     objective = objective_of(marker)
@@ -125,20 +149,20 @@ def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool | None = No
           if final.get("trials") else "best robust_acc (no final strong evaluation)")
     selection = (f"pareto front the search found ({objective.text})" if front else "pareto") if pareto_front \
         else f"top-{top_k} by {by}" + ("" if objective.min_clean is None else f", {objective.text} first")
-    chosen = (front or pareto(ranked)) if pareto_front else rank(ranked, final, objective)[:top_k]
-    out_dir = Path(out) if out else study_dir / "export"
+    chosen = (front or pareto(ranked)) if pareto_front else rank_trials(ranked, final, objective)[:top_k]
+    out_dir = Path(out) if out else (pareto_dir(study_dir) if pareto_front else study_dir / "export")
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "json" if fmt == "json" else "yaml"
     written, entries = [], []
     for i, rec in enumerate(chosen, 1):
         path = (out_dir / entry_name(i, rec.trial_id, ext)).resolve()
-        entry = {"rank": i, **_entry(study_dir, marker, rec, path, strong_of(final, rec.trial_id))}
-        _dump(entry, path, fmt)
+        entry = {"rank": i, **_entry(study_dir, marker, rec, path, strong_of(final, rec.trial_id), as_stopped)}
+        _dump(entry, path, fmt, comment=entry["rerun"])
         entries.append(entry)
         written.append(path)
     index = out_dir / f"{'pareto' if pareto_front else 'best'}.{ext}"
-    _dump({"study": str(study_dir), "objective": objective.text, "selection": selection, "entries": entries},
-          index, fmt)
+    _dump({"study": str(study_dir), "objective": objective.text, "selection": selection,
+           **({"figures": PARETO_FIGURES} if pareto_front else {}), "entries": entries}, index, fmt)
     return [index, *written]
 
 
@@ -147,8 +171,15 @@ def entry_name(rank: int, trial_id: str, ext: str = "yaml") -> str:
     return f"{rank:02d}-{trial_id}.{ext}"
 
 
-def _dump(data: Any, path: Path, fmt: str) -> None:
-    path.write_text(json.dumps(data, indent=2) if fmt == "json" else yaml.safe_dump(data, sort_keys=False))
+def _dump(data: Any, path: Path, fmt: str, comment: str = "") -> None:
+    """JSON, or YAML headed by ``comment`` as # lines (what a rerun of the file reproduces)."""
+    if fmt == "json":
+        path.write_text(json.dumps(data, indent=2))
+        return
+    import textwrap
+
+    head = "".join(f"# {ln}\n" for ln in textwrap.wrap(comment, 100)) if comment else ""
+    path.write_text(head + yaml.safe_dump(data, sort_keys=False))
 
 
 def compute_summary(records: list[TrialRecord], max_epochs: int) -> dict[str, float]:

@@ -118,12 +118,9 @@ def rank(records: list[TrialRecord], final: dict[str, Any], objective=None) -> l
     """Trials with a validation, ranked by the strong figure; those without one come after, by the
     selection figure. With a ``robust:clean>=X`` objective (study.objectives), trials that meet the
     clean-accuracy floor come first."""
-    def key(r: TrialRecord):
-        s = strong_of(final, r.trial_id)
-        infeasible = objective is not None and not objective.feasible(r)
-        return (infeasible, s is None, -(s["robust_acc"] if s else 0.0), -_selection(r), r.trial_id)
+    from .objectives import rank_trials
 
-    return sorted((r for r in records if r.best), key=key)
+    return rank_trials(records, final, objective)  # the one ranking (study/objectives.py)
 
 
 def _entry(rec: TrialRecord, result: dict[str, Any]) -> dict[str, Any]:
@@ -147,10 +144,10 @@ def half_width(acc: float, n: int) -> float:
     return max(1.96 * math.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1)), 1 / max(n, 1))
 
 
-def strong_table(records: list[TrialRecord], final: dict[str, Any]) -> str:
+def strong_table(records: list[TrialRecord], final: dict[str, Any], objective=None) -> str:
     """The compact table of the end of a study: trial, both figures, the strong figure's 95% interval,
-    clean accuracy, gap, flag."""
-    rows = [r for r in rank(records, final) if strong_of(final, r.trial_id)]
+    clean accuracy, gap, flag; ranked as everywhere (``objective``: a clean floor puts feasible trials first)."""
+    rows = [r for r in rank(records, final, objective) if strong_of(final, r.trial_id)]
     if not rows:
         return "no strong evaluation"
     val = strong_of(final, rows[0].trial_id)["val_attack"].upper() + "%"

@@ -26,7 +26,8 @@ from typing import Any
 from .errors import StudyError
 from .records import TrialRecord
 
-__all__ = ["Objective", "parse_objective", "objective_of", "non_dominated", "search_front", "CONSTRAINT_KEY"]
+__all__ = ["Objective", "parse_objective", "objective_of", "non_dominated", "search_front", "rank_trials",
+           "CONSTRAINT_KEY"]
 
 CONSTRAINT_KEY = "clean_acc"  # name of the Optuna constraint: min_clean - clean (<= 0 is feasible)
 TRIAL_ID_ATTR = "advtune_trial_id"  # Optuna user attribute: the Tune trial id (= trials/<id>/)
@@ -63,10 +64,6 @@ class Objective:
     def feasible(self, rec: TrialRecord) -> bool:
         return self.min_clean is None or (rec.best is not None and rec.best["clean_acc"] >= self.min_clean - 1e-12)
 
-    def rank_key(self, rec: TrialRecord) -> tuple:
-        """Sort key, best first: feasible trials before infeasible ones, then by best robust accuracy."""
-        return (not self.feasible(rec), -rec.best["robust_acc"], rec.trial_id)
-
     def describe(self) -> str:
         if self.kind == "pareto":
             return ("robust+clean: two objectives, robust and clean val accuracy at a trial's best epoch "
@@ -101,6 +98,36 @@ def parse_objective(text: str | None) -> Objective:
 def objective_of(marker: dict[str, Any]) -> Objective:
     """The objective a study was run with (studies written before objectives existed: robust)."""
     return parse_objective(marker.get("spec", {}).get("objective") or "robust")
+
+
+def rank_trials(records: list[TrialRecord], final: dict[str, Any] | None = None,
+                objective: Objective | None = None) -> list[TrialRecord]:
+    """THE ranking of a study's trials, best first: every place that orders trials uses it (``advtune
+    status``, export, the end-of-run strong table, the report's ``strong.png``, the final evaluation's
+    choice of candidates), so a trial is never first in one and third in another.
+
+    Only trials with a finished validation (``rec.best``) are ranked. The order:
+
+    1. feasible before infeasible under a ``robust:clean>=X`` objective (clean accuracy at the best
+       epoch >= X; every trial is feasible under the other objectives or ``objective`` None);
+    2. trials with a strong figure (``final``: the study's ``final_eval.json`` as
+       ``study.final_eval.load_final`` returns it; {} or None when there is none) before those
+       without, by strong robust accuracy;
+    3. then by the selection figure (the validation attack's best robust accuracy), then trial id.
+
+    Accuracies are fractions in [0, 1]."""
+    trials = (final or {}).get("trials") or {}
+
+    def strong(r: TrialRecord) -> float | None:
+        e = trials.get(r.trial_id)
+        return e["robust_acc"] if e and isinstance(e.get("robust_acc"), (int, float)) else None
+
+    def key(r: TrialRecord) -> tuple:
+        s = strong(r)
+        infeasible = objective is not None and not objective.feasible(r)
+        return (infeasible, s is None, -(s if s is not None else 0.0), -r.best["robust_acc"], r.trial_id)
+
+    return sorted((r for r in records if r.best), key=key)
 
 
 def non_dominated(points: dict[str, tuple[float, ...]]) -> list[str]:
