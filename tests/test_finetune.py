@@ -161,7 +161,7 @@ def test_best_holds_best_robust_epoch_and_last_the_last(three_epochs):
 def test_best_is_not_simply_the_last_epoch(recorder, monkeypatch, tiny_config):
     """With robust accuracy scripted to peak at epoch 2 of 3, best.pt must hold epoch 2."""
     script = iter([0.30, 0.50, 0.40])
-    monkeypatch.setattr(finetune, "_validate", lambda *a, **k: {"clean_acc": 0.9, "robust_acc": next(script)})
+    monkeypatch.setattr(finetune, "_validate", lambda *a, **k: ({"clean_acc": 0.9, "robust_acc": next(script)}, 0.1))
     cfg = tiny_config.replace(epochs=3, train_steps=1, attack="fgsm_rs", co_guard=False)
     rep = recorder()
     summary = finetune.run(cfg, rep)
@@ -208,7 +208,10 @@ def test_nan_model_diverges_without_exception(recorder, tiny_config, tmp_path):
 # ---------------------------------------------------------------- (e) fixed features
 
 @pytest.mark.parametrize("bn_mode", ["eval", "train"])
-def test_head_scope_trains_only_the_head(recorder, tiny_config, bn_mode):
+def test_head_scope_trains_only_the_head(recorder, tiny_config, bn_mode, monkeypatch):
+    # a head on random features stays at chance (9.7%), which the collapse check rightly calls diverged;
+    # this test is about which parameters train, so it keeps the check out of the way
+    monkeypatch.setattr(finetune, "collapse_reason", lambda *a, **k: None)
     cfg = tiny_config.replace(finetune_scope="head", epochs=1, train_steps=1, val_steps=1, attack_bn_mode=bn_mode)
     initial = {k: v.clone() for k, v in prepare(cfg).model.state_dict().items()}
     rep = recorder()

@@ -30,6 +30,7 @@ class RobustResult:
     robust_acc: float
     n: int
     attack: str
+    top_class_share: float = float("nan")  # the most predicted class's share of clean predictions (collapse check)
 
     def as_dict(self) -> dict:
         return {"clean_acc": self.clean_acc, "robust_acc": self.robust_acc, "n": self.n, "attack": self.attack}
@@ -54,6 +55,7 @@ def evaluate_pgd(model: nn.Module, split: Dataset, norm: str, eps: float, steps:
     was_training = model.training
     model.eval()
     correct = robust = total = 0
+    pred_counts: torch.Tensor | None = None
     batches = iterate(split, batch_size, device)
     if progress:
         from tqdm import tqdm
@@ -64,7 +66,10 @@ def evaluate_pgd(model: nn.Module, split: Dataset, norm: str, eps: float, steps:
             for x, y in batches:
                 with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                      enabled=amp_dtype is not None):
-                    ok = model(x).argmax(1) == y
+                    logits = model(x)
+                    ok = logits.argmax(1) == y
+                counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1])
+                pred_counts = counts if pred_counts is None else pred_counts + counts
                 total += y.numel()
                 correct += int(ok.sum())
                 if ok.any():
@@ -75,7 +80,8 @@ def evaluate_pgd(model: nn.Module, split: Dataset, norm: str, eps: float, steps:
                         robust += int((model(xa).argmax(1) == y[ok]).sum())
     finally:
         model.train(was_training)
-    return RobustResult(correct / max(total, 1), robust / max(total, 1), total, f"pgd-{steps}-{restarts}")
+    share = float(pred_counts.max()) / max(total, 1) if pred_counts is not None else float("nan")
+    return RobustResult(correct / max(total, 1), robust / max(total, 1), total, f"pgd-{steps}-{restarts}", share)
 
 
 def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float, batch_size: int = 256,

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import attacks
+from .collapse import collapse_reason, should_check
 from .checkpoints import FORMAT, CheckpointError, load_file, save_atomic, versions
 from .config import TrialConfig
 from .evaluate import evaluate_pgd, fixed_rng
@@ -233,9 +234,13 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             state["batch"] = seg_end if status == "running" else b + 1
             if status == "running" and not math.isfinite(loss_sum.item()):
                 status, stop_reason = "diverged", f"training loss became {loss_sum.item()} in epoch {epoch + 1}"
-            metrics = _validate(cfg, model, val_split, device, final=state["epoch"] + 1 >= cfg.epochs
-                                and state["batch"] >= n_batches) if status == "running" else \
-                {"clean_acc": 0.0, "robust_acc": 0.0}
+            final = state["epoch"] + 1 >= cfg.epochs and state["batch"] >= n_batches
+            metrics, top_share = _validate(cfg, model, val_split, device, final=final) if status == "running" else \
+                ({"clean_acc": 0.0, "robust_acc": 0.0}, float("nan"))
+            if status == "running" and should_check(epoch + state["batch"] / n_batches, cfg.epochs, final):
+                reason = collapse_reason(metrics["clean_acc"], top_share, prep.splits.num_classes, len(val_split))
+                if reason is not None:  # a constant classifier is a failed run, not a completed one (issue 20)
+                    status, stop_reason = "diverged", f"{reason} at epoch {epoch + state['batch'] / n_batches:.3g}"
             if fgsm_based and status == "running" and eps > 0:
                 fgsm_acc, pgd_acc, passes = _co_check(cfg, model, co_batch)
                 state["guard_passes"] += passes
@@ -284,17 +289,17 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             "grad_passes": state["grad_passes"], "epochs_run": state["epoch"]}
 
 
-def _validate(cfg: TrialConfig, model, val_split, device, final: bool) -> dict[str, float]:
-    """Clean and robust validation accuracy, always in fp32 whatever the trial trains in: the figure
+def _validate(cfg: TrialConfig, model, val_split, device, final: bool) -> tuple[dict[str, float], float]:
+    """Clean and robust validation accuracy (and the most predicted class's share, for the collapse check), always in fp32 whatever the trial trains in: the figure
     ASHA and the searcher select on must not depend on a trial's ``amp`` (fp16 input gradients
     underflow and inflate robust accuracy)."""
     if cfg.attack == "none" and not final:  # natural (pre)training: robust accuracy only at the end
         res = evaluate_pgd(model, val_split, cfg.norm, cfg.eval_eps, steps=1, restarts=1, batch_size=cfg.eval_batch_size,
                            device=device)
-        return {"clean_acc": res.clean_acc, "robust_acc": float("nan")}
+        return {"clean_acc": res.clean_acc, "robust_acc": float("nan")}, res.top_class_share
     res = evaluate_pgd(model, val_split, cfg.norm, cfg.eval_eps, steps=cfg.val_steps, restarts=cfg.val_restarts,
                        step=cfg.val_step_value, batch_size=cfg.eval_batch_size, device=device)
-    return {"clean_acc": res.clean_acc, "robust_acc": res.robust_acc}
+    return {"clean_acc": res.clean_acc, "robust_acc": res.robust_acc}, res.top_class_share
 
 
 def _best_payload(cfg: TrialConfig, model, metrics: dict) -> dict:
