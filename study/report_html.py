@@ -132,11 +132,11 @@ def _table(top: list[TrialRecord], names: list[str], final: dict[str, Any] | Non
 def front_section(front: list[TrialRecord], study_dir: Path) -> str:
     """The Pareto front a robust+clean search found, one row per point with the command that reruns it
     (``advtune export --pareto`` writes the configs under these names, in this order)."""
-    from .export import entry_name
+    from .export import entry_name, pareto_dir
 
     rows = ["<tr><th>#</th><th>trial</th><th>robust %</th><th>clean %</th><th>epoch</th><th>rerun</th></tr>"]
     for rank, r in enumerate(front, 1):
-        cmd = f"advtune train --config {study_dir / 'export' / entry_name(rank, r.trial_id)}"
+        cmd = f"advtune train --config {pareto_dir(study_dir) / entry_name(rank, r.trial_id)}"
         rows.append(f'<tr><td class="num">{rank}</td><td><code>{_e(r.trial_id)}</code></td>'
                     f'<td class="num">{_pct(r.best["robust_acc"])}</td><td class="num">{_pct(r.best["clean_acc"])}</td>'
                     f'<td class="num">{_fmt(r.best["epoch"])}</td><td><code>{_e(cmd)}</code></td></tr>')
