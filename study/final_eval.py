@@ -21,6 +21,7 @@ selection - strong when the images cover the validation split.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 from .errors import StudyError
 from .records import FINAL_STATES, TrialRecord
+from .strong_flags import GAP_FLAG, agreement_lines, apply_flags
 
 __all__ = ["FILE", "CHOICES", "DEFAULT_IMAGES", "resolve_images", "GAP_FLAG", "GAP_WARNING", "check_settings", "resolve_attack",
            "candidates", "load_final", "strong_of", "rank", "strong_table", "half_width", "run_final_eval", "evaluate_task"]
@@ -41,8 +43,9 @@ CHOICES = ("auto", "autoattack", "apgd", "pgd", "none")
 CPU_IMAGES, GPU_IMAGES = 512, 1000
 DEFAULT_IMAGES = None  # None: CPU_IMAGES, or GPU_IMAGES when trials have GPUs
 MIN_TOP_K = 3
-GAP_FLAG = 0.03  # fraction: more than 3 points between the selection figure and the strong one
-GAP_WARNING = "possible gradient masking or a weak validation attack"
+# The flag: a trial whose gap stands out from the other evaluated trials' (study/strong_flags.py says the rule
+# and why); GAP_FLAG (3 points) is its floor and the band the report draws.
+GAP_WARNING = "possible gradient masking: its gap stands out from the other trials'"
 
 
 def check_settings(attack: str, top_k: int | None, images: int | None, num_samples: int) -> None:
@@ -100,12 +103,14 @@ def candidates(records: list[TrialRecord], last_rung: int | None, top_k: int | N
 
 
 def load_final(study_dir: str | Path) -> dict[str, Any]:
-    """The study's final evaluation ({} when it has none, or the file is unreadable)."""
+    """The study's final evaluation ({} when it has none, or the file is unreadable), its flags decided by
+    the rule over all its trials (study/strong_flags.py)."""
     path = Path(study_dir) / FILE
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
+        final = json.loads(path.read_text()) if path.exists() else {}
     except (json.JSONDecodeError, OSError):
         return {}
+    return apply_flags(final) if isinstance(final, dict) else {}
 
 
 def strong_of(final: dict[str, Any], trial_id: str) -> dict[str, Any] | None:
@@ -127,8 +132,9 @@ def _entry(rec: TrialRecord, result: dict[str, Any]) -> dict[str, Any]:
     # Paired: the validation attack and the strong one on the same images, so that a subset of the
     # validation split never shows up as a gap (equal to selection - strong when it is the whole split).
     gap = result["val_attack_acc"] - result["robust_acc"]
+    # "flag" is decided over all evaluated trials (apply_flags), when the file is saved and read
     return {**result, "selection_robust_acc": rec.best["robust_acc"], "selection_epoch": rec.best["epoch"],
-            "gap": gap, "flag": gap > GAP_FLAG + 1e-9}
+            "gap": gap, "flag": False, "flag_reason": ""}
 
 
 def _pct(v: Any) -> str:
@@ -147,6 +153,7 @@ def half_width(acc: float, n: int) -> float:
 def strong_table(records: list[TrialRecord], final: dict[str, Any], objective=None) -> str:
     """The compact table of the end of a study: trial, both figures, the strong figure's 95% interval,
     clean accuracy, gap, flag; ranked as everywhere (``objective``: a clean floor puts feasible trials first)."""
+    final = apply_flags(copy.deepcopy(final))  # the flags of the rule over these entries, whoever wrote them
     rows = [r for r in rank(records, final, objective) if strong_of(final, r.trial_id)]
     if not rows:
         return "no strong evaluation"
@@ -158,7 +165,10 @@ def strong_table(records: list[TrialRecord], final: dict[str, Any], objective=No
         lines.append(f"{r.trial_id:<12} {_pct(s['selection_robust_acc']):>10} {_pct(s['val_attack_acc']):>10} "
                      f"{_pct(s['robust_acc']):>8} {100 * half_width(s['robust_acc'], s.get('n', 0)):>5.1f} "
                      f"{_pct(s['clean_acc']):>7} {100 * s['gap']:>+6.1f}  "
-                     f"{('! ' + GAP_WARNING) if s['flag'] else ''}")
+                     f"{('! ' + GAP_WARNING) if s['flag'] else ''}".rstrip())
+    lines += [""] + agreement_lines(final)
+    lines += [f"  {r.trial_id}: {strong_of(final, r.trial_id)['flag_reason']}" for r in rows
+              if strong_of(final, r.trial_id).get("flag_reason")]
     return "\n".join(lines)
 
 
@@ -180,7 +190,7 @@ def describe(final: dict[str, Any]) -> str:
 def _save(study_dir: Path, final: dict[str, Any]) -> None:
     path = study_dir / FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(final, indent=2))
+    tmp.write_text(json.dumps(apply_flags(final), indent=2))
     os.replace(tmp, path)
 
 
@@ -257,10 +267,10 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
         final["trials"][rec.trial_id] = entry = _entry(rec, result)
         _save(study_dir, final)
         writer.on_strong_eval(rec.trial_id, entry["robust_acc"], entry["gap"])
+        # no flag here: it compares the trial's gap with the others', known when all are in (strong_table)
         print(f"  trial {rec.trial_id}: {result['attack']} robust {_pct(entry['robust_acc'])}% (selection "
               f"{_pct(entry['selection_robust_acc'])}%, clean {_pct(entry['clean_acc'])}%, {entry['n']} images, "
-              f"{result['seconds']:.0f} s)" + (f"  ! gap {100 * entry['gap']:.1f} points: {GAP_WARNING}"
-                                                if entry["flag"] else ""), flush=True)
+              f"{result['seconds']:.0f} s; gap {100 * entry['gap']:+.1f} points)", flush=True)
     writer.close()
     return final
 

@@ -5,12 +5,37 @@ pipe (CI logs, ``nohup``), it prints one line per finished trial instead, so log
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from dataclasses import dataclass
 from typing import IO, Any
 
-__all__ = ["LiveTable"]
+__all__ = ["LiveTable", "quiet_ray_startup"]
+
+# What Ray prints on every start, before the study's first line: that token authentication is on (with how to
+# switch it off, which advtune does not want its users to do), that a token was written, that a local instance
+# started. Authentication stays on; these lines only stop reaching the first screen (--verbose keeps them).
+_RAY_STARTUP_LINES = ("Token authentication is enabled", "Generated new authentication token",
+                      "Started a local Ray instance")
+_RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray._private.worker")
+
+
+class _DropRayStartupLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(s in record.getMessage() for s in _RAY_STARTUP_LINES)
+
+
+def quiet_ray_startup(verbose: bool) -> dict[str, Any]:
+    """Keep Ray's start-up lines off the first screen unless ``verbose``: filters them at the loggers that emit
+    them, and returns the ``ray.init`` keywords that keep its logger at WARNING (``ray.init`` sets it to INFO)."""
+    if verbose:
+        return {}
+    for name in _RAY_STARTUP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRayStartupLines) for f in logger.filters):
+            logger.addFilter(_DropRayStartupLines())
+    return {"logging_level": logging.WARNING}
 
 
 @dataclass

@@ -248,13 +248,16 @@ def init_ray(address: str | None, num_cpus: int | None = None, verbose: bool = F
     # num_to_keep=1 makes Tune snapshot its state after every trial checkpoint (what keeps a resumed study's view
     # of the checkpoints current); that is wanted, not a bottleneck to warn about
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from .progress import quiet_ray_startup
+
+    quiet = quiet_ray_startup(verbose)
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, **quiet)
         return True
     # A study on this machine: no dashboard UI; what remains of Ray's dashboard process (its job API) is bound
     # to loopback. Ray's own gRPC ports are protected by its token authentication (on by default).
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
-             log_to_driver=False)
+             log_to_driver=False, **quiet)
     return True
 
 
