@@ -143,7 +143,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
         results.append(res)
     if "autoattack" in attacks:
         try:
-            results.append(evaluate_autoattack(model, split, cfg.norm, eps, device=prep.device, seed=args.seed))
+            results.append(evaluate_autoattack(model, split, cfg.norm, eps, device=prep.device, seed=args.seed,
+                                               progress=None if args.quiet else _progress_line))
         except AutoAttackUnavailable as exc:
             if args.attack == "autoattack":
                 raise CheckpointError(str(exc)) from None
@@ -162,6 +163,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _progress_line(line: str) -> None:
+    print(f"  {line}", flush=True)
 
 
 def _sanity(args: argparse.Namespace, model, split, cfg, eps: float, device) -> list:

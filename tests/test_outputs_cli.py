@@ -283,3 +283,33 @@ def test_eval_convergence_message_agrees_with_its_verdict():
     assert not c.passed and "≥ 1" in c.line
     c = converged_check(base_correct=100, stronger_correct=100, n=300, steps=50, restarts=10)
     assert c.passed and "0 points" in c.line or "0.0 points" in c.line
+
+
+def test_autoattack_reports_progress_per_attack_and_chunk():
+    """`advtune eval`'s AutoAttack ran ~25 minutes without a line; now each attack and chunk says so."""
+    pytest.importorskip("pyautoattack")
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from advtune.trainables.data import load_splits
+    from advtune.trainables.evaluate import evaluate_autoattack
+    from advtune.trainables.models import build_model
+
+    s = load_splits("digits", None, 0.2, 0)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", s.input_shape, s.num_classes, s.mean, s.std).eval()
+    x, y = s.test.tensors
+    keep = model(x).argmax(1) == y  # images it gets right, so there is something to attack
+    if int(keep.sum()) < 4:
+        keep[:20] = True
+    split = TensorDataset(x[keep][:20], y[keep][:20])
+    lines: list[str] = []
+    res = evaluate_autoattack(model, split, "linf", 0.1, batch_size=8, attacks=("apgd-ce",), progress=lines.append)
+    assert res.n == 20
+    assert any(ln.startswith("AutoAttack: running apgd-ce") for ln in lines), lines
+    assert any("apgd-ce - 1/" in ln for ln in lines) or any("no robust datapoints" in ln for ln in lines)
+    assert any("robust accuracy after APGD-CE" in ln for ln in lines) or any("no robust" in ln for ln in lines)
+    import logging
+
+    logger = logging.getLogger("auto-attack")  # left as it was found
+    assert logger.propagate and not logger.handlers

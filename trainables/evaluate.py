@@ -7,8 +7,10 @@ where it was, so evaluating more or less often never changes what training does.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -86,11 +88,14 @@ def evaluate_pgd(model: nn.Module, split: Dataset, norm: str, eps: float, steps:
 
 def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float, batch_size: int = 256,
                         device: torch.device | str = "cpu", seed: int = 0, version: str = "standard",
-                        limit: int | None = None, attacks: tuple[str, ...] | None = None) -> RobustResult:
+                        limit: int | None = None, attacks: tuple[str, ...] | None = None,
+                        progress: Callable[[str], None] | None = None) -> RobustResult:
     """AutoAttack (Croce & Hein 2020) ``version`` through the ``pyautoattack`` extra, in fp32.
 
     ``attacks`` (e.g. ``("apgd-ce", "apgd-t")``) runs that subset of the standard version, in that
-    order, with the standard version's settings.
+    order, with the standard version's settings. ``progress``: called with one line as each attack
+    starts, after each chunk of images it attacks and when it ends (standard AutoAttack runs for
+    minutes to hours on a CPU: without it, nothing shows).
 
     Our adapter checks the returned images against the threat model itself (eps-ball, [0,1]) and
     computes the accuracy from them, rather than trusting the library's own count.
@@ -99,7 +104,6 @@ def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float,
         from pyautoattack import AutoAttack
     except ImportError:
         raise AutoAttackUnavailable("AutoAttack needs the optional extra: pip install 'advtune[autoattack]'") from None
-    import logging
 
     logging.getLogger("pyautoattack").setLevel(logging.WARNING)
     device = torch.device(device)
@@ -118,8 +122,9 @@ def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float,
                 adversary.apgd.n_restarts = adversary.apgd_targeted.n_restarts = adversary.fab.n_restarts = 1
                 adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 9
                 adversary.square.n_queries = 5000
-            adversary.verbose = False
-            out = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+            adversary.verbose = progress is not None  # its progress goes to its logger, which _Progress reads
+            with _Progress(getattr(adversary, "logger", None), progress):
+                out = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
             x_adv = (out[0] if isinstance(out, tuple) else out).detach()  # pyautoattack 0.2 returns (x_adv, y_adv)
             dist = (x_adv - x.to(device)).flatten(1)
             size = dist.abs().max(1).values if norm == "linf" else dist.norm(dim=1)
@@ -134,3 +139,34 @@ def evaluate_autoattack(model: nn.Module, split: Dataset, norm: str, eps: float,
         model.train(was_training)
     n = y.numel()
     return RobustResult(clean / n, rob / n, n, "+".join(attacks) if attacks else f"autoattack-{version}")
+
+
+class _Progress(logging.Handler):
+    """While active, passes pyautoattack's progress records ("running apgd-ce", "apgd-ce - 1/3 - 12 out
+    of 256 successfully perturbed", "robust accuracy after APGD-CE: ...") to ``emit_line``; drops its
+    other verbose output (version notes, checks)."""
+
+    KEEP = re.compile(r"^(running |no robust datapoints|[\w-]+ - \d+/\d+ - |robust accuracy after )")
+
+    def __init__(self, logger: logging.Logger | None, emit_line: Callable[[str], None] | None) -> None:
+        super().__init__(logging.DEBUG)
+        self.target, self.emit_line, self.level_before = logger, emit_line, None
+
+    def __enter__(self) -> "_Progress":
+        if self.target is not None and self.emit_line is not None:
+            self.level_before, self.propagate_before = self.target.level, self.target.propagate
+            self.target.setLevel(logging.DEBUG)
+            self.target.propagate = False  # nobody else's handlers get its debug lines
+            self.target.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.level_before is not None:
+            self.target.removeHandler(self)
+            self.target.setLevel(self.level_before)
+            self.target.propagate = self.propagate_before
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if self.KEEP.match(msg):
+            self.emit_line(f"AutoAttack: {msg.replace(chr(9), ' ').strip()}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -73,22 +73,25 @@ def first_images(split: Dataset, images: int) -> Dataset:
     return Subset(split, range(images))
 
 
-def strong_eval(checkpoint: str | Path, attack: str, images: int, seed: int = 0) -> dict[str, Any]:
+def strong_eval(checkpoint: str | Path, attack: str, images: int, seed: int = 0,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Attack ``checkpoint`` (an advtune best.pt) on the first ``images`` validation images.
 
     Returns a JSON-ready dict: ``attack`` (its full name), ``n`` (images), ``clean_acc`` and
     ``robust_acc`` of those images (fractions in [0, 1]), ``val_attack``/``val_attack_acc`` (the
     trial's own validation attack on the same images), ``norm``, ``eps`` (pixel units),
-    ``seconds`` (wall time of the attacks), ``device``.
+    ``seconds`` (wall time of the attacks), ``device``. ``progress``: called with a line per
+    AutoAttack attack and chunk of images (``apgd``, ``autoattack``; PGD is one short pass).
     """
     if attack not in ATTACKS:
         raise ValueError(f"unknown strong attack {attack!r}; one of {', '.join(ATTACKS)}")
     # building the model seeds torch, batching a Subset draws a seed: leave the caller's stream alone
     with torch.random.fork_rng(devices=[]):
-        return _strong_eval(checkpoint, attack, images, seed)
+        return _strong_eval(checkpoint, attack, images, seed, progress)
 
 
-def _strong_eval(checkpoint: str | Path, attack: str, images: int, seed: int) -> dict[str, Any]:
+def _strong_eval(checkpoint: str | Path, attack: str, images: int, seed: int,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     from .evaluate import evaluate_autoattack, evaluate_pgd
 
     cfg, prep, model = load_trained(checkpoint)
@@ -99,7 +102,7 @@ def _strong_eval(checkpoint: str | Path, attack: str, images: int, seed: int) ->
         res = evaluate_pgd(model, split, cfg.norm, cfg.eval_eps, steps=PGD_STEPS, restarts=PGD_RESTARTS, **kw)
     else:
         res = evaluate_autoattack(model, split, cfg.norm, cfg.eval_eps,
-                                  attacks=APGD_ATTACKS if attack == "apgd" else None, **kw)
+                                  attacks=APGD_ATTACKS if attack == "apgd" else None, progress=progress, **kw)
     seconds = time.perf_counter() - t0
     # fp32 here, whatever AMP the trial trained with: the figure it is compared to is the selection one
     val = evaluate_pgd(model, split, cfg.norm, cfg.eval_eps, steps=cfg.val_steps, restarts=cfg.val_restarts,
