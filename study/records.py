@@ -33,6 +33,13 @@ _TB_METRICS = ("best/robust_acc", "best/clean_acc", "final/robust_acc", "final/c
 # Declared in every trial's HParams session from the start: TensorBoard takes the metric columns from one
 # trial's session and keeps the first HParams summary of a run, so they cannot be added afterwards.
 STRONG_METRICS = ("final/strong_robust_acc", "final/strong_gap")
+# The study's one HParams experiment (which columns the HParams tab offers) lives in a run of its own:
+# TensorBoard takes the experiment from whichever run it finds first, so one per trial made the columns depend
+# on that trial (a conditional parameter it did not draw, e.g. warmup, was missing for all).
+EXPERIMENT_RUN = "_hparams"
+# Per-epoch values that are bookkeeping (wall clock, threads) or repeat the HParams metrics best/*: kept in
+# metrics.jsonl, not drawn as scalars.
+_NOT_SCALARS = ("timestamp", "time_total_s", "torch_threads", "best_robust_acc", "best_clean_acc", "best_epoch")
 
 
 def read_marker(study_dir: str | Path) -> dict[str, Any]:
@@ -161,7 +168,8 @@ class StudyRecords:
         step = int(round(metrics["epoch"] * 1000)) if isinstance(metrics["epoch"], float) and \
             not float(metrics["epoch"]).is_integer() else int(metrics["epoch"])
         for k, v in metrics.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and math.isfinite(v):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and k not in _NOT_SCALARS \
+                    and math.isfinite(v):
                 w.add_scalar(k, v, step)
         w.flush()
 
@@ -175,12 +183,41 @@ class StudyRecords:
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in rec.params.items()}
         hp["state"] = rec.state
         w = self._writer(rec.trial_id)
-        for summary in hparams(hp, {**values, **dict.fromkeys(STRONG_METRICS, 0.0)}):  # names only
+        _, session_start, session_end = hparams(hp, {**values, **dict.fromkeys(STRONG_METRICS, 0.0)})
+        for summary in (session_start, session_end):
             w.file_writer.add_summary(summary)
+        self._experiment(hp, [*values, *STRONG_METRICS])
         step = int(rec.epochs_run) if rec.metrics else 0
         for k, v in values.items():
             w.add_scalar(k, v if math.isfinite(v) else 0.0, step)
         w.flush()
+
+    def _experiment(self, hp: dict[str, Any], metrics: list[str]) -> None:
+        """Declare, once per study, every searched parameter (the study marker's ``space_params``, so a
+        conditional one like ``warmup`` is a column even when the first trial to end did not draw it), the
+        trial state and every metric, the strong figure included, in the run :data:`EXPERIMENT_RUN`."""
+        run = self.study_dir / "tensorboard" / EXPERIMENT_RUN
+        if run.exists():
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+        from torch.utils.tensorboard import SummaryWriter
+
+        try:
+            names = list(read_marker(self.study_dir).get("space_params") or [])
+        except Exception:  # noqa: BLE001 - no marker (a bare records folder): the trial's own names
+            names = []
+        names += [k for k in hp if k not in names]
+        kind = {str: api_pb2.DATA_TYPE_STRING, bool: api_pb2.DATA_TYPE_BOOL}
+        infos = [api_pb2.HParamInfo(name=n, type=kind.get(type(hp[n]), api_pb2.DATA_TYPE_FLOAT64) if n in hp
+                                    else api_pb2.DATA_TYPE_UNSET) for n in names]
+        metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m), display_name=m) for m in metrics]
+        content = plugin_data_pb2.HParamsPluginData(
+            experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos), version=0)
+        smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                     content=content.SerializeToString()))
+        with SummaryWriter(str(run)) as w:  # as torch's hparams() writes it, without TensorFlow
+            w.file_writer.add_summary(Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=smd)]))
 
     def on_strong_eval(self, trial_id: str, robust_acc: float, gap: float) -> None:
         """The trial's strong robust accuracy and its gap to the selection figure (fractions), as the

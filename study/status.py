@@ -87,6 +87,10 @@ def status_legend(final: dict[str, Any] | None, objective: Objective | None) -> 
              "forward+backward passes over single images, cumulative"]
     if _has_strong(final):
         lines.append(f"strong% = the final strong evaluation's robust accuracy; {describe(final)}")
+        from .strong_flags import agreement_lines  # rank agreement, the shared offset once, each flag's evidence
+
+        lines += agreement_lines(final) + [f"  {t}: {e['flag_reason']}" for t, e in (final.get("trials") or {}).items()
+                                           if e.get("flag_reason")]
     floor = _floor_label(objective)
     if floor:
         lines.append(f"{floor} = whether the trial keeps the objective's clean-accuracy floor ({objective.text}); "

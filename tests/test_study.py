@@ -217,7 +217,7 @@ def test_final_strong_evaluation_attacks_the_top_k_and_records_both_figures(stud
         assert e["flag"] == (e["gap"] > gap_threshold([g["gap"] for g in final["trials"].values()])[0] + 1e-9)
         # TensorBoard: the strong figure as the HParams metric every trial's session declared
         assert _tb_scalar(study / "tensorboard" / tid, "final/strong_robust_acc") == pytest.approx(e["robust_acc"])
-    ea = EventAccumulator(str(study / "tensorboard" / next(iter(final["trials"]))))
+    ea = EventAccumulator(str(study / "tensorboard" / "_hparams"))  # the study's one HParams experiment
     ea.Reload()
     exp = plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")["_hparams_/experiment"])
     assert "final/strong_robust_acc" in [m.name.tag for m in exp.experiment.metric_infos]
