@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from advtune.trainables.attacks import attack_mode, fgsm, fgsm_rs, pgd, project, random_init
+from advtune.trainables.attacks import attack_mode, fgsm, fgsm_rs, nfgsm, pgd, project, random_init
 from advtune.trainables.evaluate import RobustResult, evaluate_pgd
 from advtune.trainables.models import Normalize, NormalizedModel, build_model
 
@@ -32,6 +32,11 @@ ATTACKS = {
     "pgd_restarts": functools.partial(pgd, steps=3, restarts=3),
     "pgd_restarts_track_best": functools.partial(pgd, steps=3, restarts=3, track_best=True),
     "pgd_track_best": functools.partial(pgd, steps=3, track_best=True),
+}
+# Training attacks that leave the eps-ball by design (N-FGSM: no projection); same side-effect rules.
+TRAINING_ONLY = {
+    "nfgsm": nfgsm,
+    "nfgsm_custom": functools.partial(nfgsm, noise=1.0, step=0.5),
 }
 
 
@@ -201,7 +206,7 @@ def test_project_and_random_init(norm: str) -> None:
 def test_training_pgd_with_zero_eps_returns_x(norm: str) -> None:
     model = tiny_model().train()
     x, y = boundary_images()
-    for attack in (functools.partial(pgd, steps=3), fgsm, fgsm_rs):
+    for attack in (functools.partial(pgd, steps=3), fgsm, fgsm_rs, nfgsm):
         x_adv = attack(model, x, y, eps=0.0, norm=norm)
         assert torch.equal(x_adv, x)
 
@@ -217,7 +222,7 @@ def test_attacks_leave_the_model_untouched(mode: str, bn_mode: str, norm: str) -
     prepare_grads(model)
     x, y = boundary_images()
     before = snapshot(model)
-    for name, attack in ATTACKS.items():
+    for name, attack in {**ATTACKS, **TRAINING_ONLY}.items():
         attack(model, x, y, eps=EPS[norm], norm=norm, bn_mode=bn_mode)
         assert_same_snapshot(before, snapshot(model))
     assert not model.net[8].bias.requires_grad
@@ -384,3 +389,50 @@ def test_evaluate_pgd_is_reproducible_and_leaves_caller_rng_and_mode(trained) ->
         assert torch.equal(torch.get_rng_state(), rng)
     finally:
         model.eval()
+
+
+# ---------------------------------------------------------------- N-FGSM (de Jorge et al. 2022)
+
+def _interior_images(n: int = 64, side: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels in [0.4, 0.6]: N-FGSM at eps 0.05 reaches at most 3·eps = 0.15, so no [0,1] clamp binds."""
+    g = torch.Generator().manual_seed(3)
+    return 0.4 + 0.2 * torch.rand(n, 1, side, side, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize("k", [2.0, 1.0])
+def test_nfgsm_linf_noise_is_uniform_in_k_eps_and_the_step_is_alpha_eps(k: float) -> None:
+    model, (x, y), eps = tiny_model().eval(), _interior_images(), 0.05
+    torch.manual_seed(0)
+    noisy = nfgsm(model, x, y, eps, "linf", noise=k, step=0.0)  # the noise alone
+    torch.manual_seed(0)
+    out = nfgsm(model, x, y, eps, "linf", noise=k, step=1.0)  # same noise, then the step
+    noise, step = noisy - x, out - noisy
+    assert noise.abs().max() <= k * eps + 1e-6 and noise.abs().max() > 0.95 * k * eps
+    assert noise.abs().mean() == pytest.approx(k * eps / 2, rel=0.05)  # |U(-a, a)| has mean a/2
+    assert noise.mean().abs() < 0.05 * k * eps
+    assert torch.allclose(step.abs(), torch.full_like(step, eps), atol=1e-6)  # every pixel moves by alpha = eps
+    # the step ascends the loss at the noisy point: its sign is the input gradient's
+    xn = noisy.clone().requires_grad_(True)
+    F.cross_entropy(model(xn), y, reduction="sum").backward()
+    moved = xn.grad != 0
+    assert torch.equal(step.sign()[moved], xn.grad.sign()[moved])
+    # no projection: the perturbation leaves the eps-ball (up to (k + 1)·eps), and stays in [0, 1]
+    assert (out - x).abs().max() > 1.5 * eps and (out - x).abs().max() <= (k + 1) * eps + 1e-6
+
+
+def test_nfgsm_l2_noise_radius_and_step_length() -> None:
+    model, (x, y), eps = tiny_model().eval(), _interior_images(), 0.05
+    torch.manual_seed(0)
+    noisy = nfgsm(model, x, y, eps, "l2", noise=2.0, step=0.0)
+    torch.manual_seed(0)
+    out = nfgsm(model, x, y, eps, "l2", noise=2.0, step=0.5)
+    radii = (noisy - x).flatten(1).norm(dim=1)
+    assert (radii <= 2 * eps * (1 + 1e-5)).all() and radii.max() > 1.8 * eps  # uniform in the ball: mass near its edge
+    assert torch.allclose((out - noisy).flatten(1).norm(dim=1), torch.full((x.shape[0],), 0.5 * eps), rtol=1e-4)
+
+
+def test_nfgsm_clamps_to_the_image_range() -> None:
+    model = tiny_model().eval()
+    x, y = boundary_images()
+    out = nfgsm(model, x, y, 0.3, "linf")
+    assert out.min() >= 0 and out.max() <= 1 and (out - x).abs().max() <= 0.9 + 1e-6

@@ -3,7 +3,9 @@
 Inputs are images in [0, 1]; the model normalizes them itself (its first layer), so epsilon and
 step sizes are in pixel units and are never divided by a normalization std. Every attack:
 
-- keeps ``x_adv`` inside the eps-ball around ``x`` (``linf`` or ``l2``) and inside [0, 1];
+- keeps ``x_adv`` inside the eps-ball around ``x`` (``linf`` or ``l2``) and inside [0, 1] — except
+  N-FGSM (:func:`nfgsm`), a *training* attack whose perturbation leaves the eps-ball by design
+  (it stays in [0, 1]); no evaluation uses it;
 - leaves the model's parameters, its ``.training`` flags and BatchNorm running statistics as they
   were (crafting runs in ``bn_mode`` "eval" by default — the choice of torchattacks and the
   robustness library — or "train", whose batch-statistics side effects are rolled back);
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["attack_mode", "fgsm", "fgsm_rs", "pgd", "project", "random_init", "step_direction", "trades_kl"]
+__all__ = ["attack_mode", "fgsm", "fgsm_rs", "nfgsm", "pgd", "project", "random_init", "step_direction", "trades_kl"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -152,6 +154,30 @@ def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm
         grad, _ = _grad(model, x, delta, y, loss_fn, amp_dtype)
         delta = project(delta + step_direction(grad, norm) * (1.25 * eps if step is None else step), x, eps, norm)
     return (x + delta).detach()
+
+
+def nfgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
+          noise: float = 2.0, step: float = 1.0, bn_mode: str = "eval", loss_fn: LossFn = _ce_sum,
+          amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """N-FGSM (de Jorge et al. 2022): one FGSM step of ``step·eps`` from a noisy start uniform in
+    ``[-noise·eps, noise·eps]`` (linf; l2: uniform in the ball of radius ``noise·eps``), with NO
+    projection back to the eps-ball: the perturbation may reach ``(noise + step)·eps`` (3·eps with
+    the paper's k = 2, alpha = eps), which is what keeps single-step training from catastrophic
+    overfitting without a guard. ``noise`` and ``step`` are in units of ``eps``. The image stays in
+    [0, 1] (clamped before the gradient and after the step, as in the authors' code)."""
+    x = x.detach()
+    with attack_mode(model, bn_mode):
+        if norm == "linf":
+            delta = torch.empty_like(x).uniform_(-1.0, 1.0) * (noise * eps)
+        else:
+            d = x[0].numel()
+            direction = torch.randn_like(x)
+            radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / d) * (noise * eps)
+            delta = direction / _norms(direction) * radius.view(-1, *([1] * (x.dim() - 1)))
+        delta = (x + delta).clamp(0.0, 1.0) - x
+        grad, _ = _grad(model, x, delta, y, loss_fn, amp_dtype)
+        delta = delta + step * eps * step_direction(grad, norm)
+    return (x + delta).clamp(0.0, 1.0).detach()
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",

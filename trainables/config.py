@@ -33,7 +33,7 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field and the fix."""
 
 
-ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd", "free")
+ATTACKS = ("none", "fgsm", "fgsm_rs", "nfgsm", "pgd", "free")
 SCHEDULES = ("sfd", "cyclic", "piecewise", "cosine", "constant")
 ACTIVATIONS = ("relu", "silu", "gelu", "softplus", "elu", "psoftplus")
 SCOPES = ("full", "head", "last_block")
@@ -78,7 +78,7 @@ class TrialConfig:
     augment: str = _f("auto", "auto | none | crop_flip (auto: crop_flip for CIFAR, none otherwise)")
 
     # --- model and starting point -----------------------------------------------------------
-    model: str = _f("small_cnn", "small_cnn | small_cnn-W (width W, default 32) | preact_resnet18 | wrn-D-W | tv:<torchvision name> | timm:<timm name> | your builder by import path, package.module:function")
+    model: str = _f("small_cnn", "small_cnn | small_cnn-W (width W, default 32) | mnist_cnn (Wong et al.'s 2-conv MNIST net) | preact_resnet18 | wrn-D-W | tv:<torchvision name> | timm:<timm name> | your builder by import path, package.module:function")
     activation: str = _f("relu", "relu | silu | gelu | softplus | elu | psoftplus (every ReLU is swapped)")
     pretrained: str | None = _f("auto", "checkpoint path (.pt, .ckpt, .safetensors) | torchvision:DEFAULT | auto (natural pretraining, cached) | none")
     trust_checkpoint: bool = _f(False, "allow full unpickling of `pretrained` (runs code in the file: trusted files only)")
@@ -96,15 +96,19 @@ class TrialConfig:
     val_step_size: float | None = _f(None, "validation PGD step, pixel units; default 2.5*eval_eps/val_steps")
 
     # --- training attack ----------------------------------------------------------------------
-    attack: str = _f("pgd", "none | fgsm | fgsm_rs | pgd | free")
+    attack: str = _f("pgd", "none | fgsm | fgsm_rs | nfgsm | pgd | free")
     train_eps: float | None = _f(None, "training epsilon, pixel units; default eval_eps")
     train_steps: int = _f(7, "PGD steps of the training attack")
-    train_step_size: float | None = _f(None, "training step, pixel units; default pgd 2.5*eps/k, fgsm_rs 1.25*eps, fgsm/free eps")
+    train_step_size: float | None = _f(None, "training step, pixel units; default pgd 2.5*eps/k, fgsm_rs 1.25*eps, fgsm/free eps (nfgsm: nfgsm_step)")
+    nfgsm_noise: float = _f(2.0, "nfgsm: noise magnitude k in units of the training eps: noise uniform in [-k*eps, k*eps] (linf; l2: a ball of radius k*eps); 2 = de Jorge et al. 2022")
+    nfgsm_step: float = _f(1.0, "nfgsm: step size in units of the training eps (1 = eps, the paper's); no projection back to the eps-ball")
     free_replays: int = _f(4, "free AT: replays m of each minibatch")
-    eps_ramp: float = _f(0.3, "fraction of training over which train_eps ramps linearly up from 0")
+    eps_ramp: float = _f(0.3, "fraction of training progress at which the epsilon ramp ENDS (T2): train_eps rises linearly from 0 at eps_ramp_start to train_eps here; 0 = no ramp")
+    eps_ramp_start: float = _f(0.0, "fraction of training progress (T1) before which train_eps is 0 (natural training); the ramp runs from T1 to eps_ramp (T2); T1 <= T2")
     attack_bn_mode: str = _f("auto", "BatchNorm mode while crafting training attacks: auto | eval | train (auto: eval; train for free AT, whose perturbation comes from the training pass itself)")
     loss: str = _f("ce", "ce (Madry) | trades (Zhang et al.)")
     trades_beta: float = _f(6.0, "TRADES robustness weight")
+    label_smoothing: float = _f(0.0, "label smoothing of the training loss's cross-entropy, in [0,1) (training loss only: attacks craft on, and validation measures, plain labels)")
 
     # --- schedule -------------------------------------------------------------------------------
     schedule: str = _f("sfd", "sfd | cyclic | piecewise | cosine | constant")
@@ -137,6 +141,7 @@ class TrialConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     amp: str = _f("auto", "auto | off | bf16 | fp16 (auto: bf16 on CUDA where supported, off on CPU)")
     channels_last: str = _f("auto", "auto | on | off (auto: on for CUDA)")
+    ema_decay: float = _f(0.0, "EMA of the weights (and BatchNorm statistics) per optimizer step, decay in [0,1); 0 = off. When on, validation, the overfitting guard and best.pt use the averaged model")
     co_guard: bool = _f(True, "FGSM training: stop on catastrophic overfitting")
     co_gap: float = _f(0.3, "catastrophic overfitting: FGSM minus PGD accuracy on a train batch that trips the guard")
     co_drop: float = _f(0.2, "catastrophic overfitting: drop of PGD train-batch accuracy below its best that trips the guard")
@@ -407,6 +412,15 @@ def _validate(cfg: TrialConfig) -> None:
     _range(cfg, "peak_at", 0, 1, lo_open=True, hi_open=True)
     _range(cfg, "gamma", 0, 1, lo_open=True)
     _range(cfg, "eps_ramp", 0, 1, hi_open=True)
+    _range(cfg, "eps_ramp_start", 0, 1, hi_open=True)
+    if cfg.eps_ramp_start > cfg.eps_ramp:
+        raise ConfigError(f"config field 'eps_ramp_start' = {cfg.eps_ramp_start!r} is after the ramp's end eps_ramp = "
+                          f"{cfg.eps_ramp!r}: expected eps_ramp_start <= eps_ramp (epsilon is 0 until eps_ramp_start, "
+                          "then rises linearly to train_eps at eps_ramp); raise eps_ramp or lower eps_ramp_start")
+    _range(cfg, "label_smoothing", 0, 1, hi_open=True)
+    _range(cfg, "ema_decay", 0, 1, hi_open=True)
+    _range(cfg, "nfgsm_noise", 0, 16, unit=" (units of the training eps)")
+    _range(cfg, "nfgsm_step", 0, 16, lo_open=True, unit=" (units of the training eps)")
     _range(cfg, "trades_beta", 0, 100)
     _range(cfg, "momentum", 0, 1, hi_open=True)
     _range(cfg, "weight_decay", 0, 1)
@@ -426,6 +440,9 @@ def _validate(cfg: TrialConfig) -> None:
         raise ConfigError("dataset 'imagefolder' needs data_root: --set data_root=PATH (a folder with train/<class>/*.jpg)")
     if cfg.loss == "trades" and cfg.attack != "pgd":
         raise ConfigError(f"loss 'trades' crafts its own KL attack with PGD; set attack=pgd (got attack={cfg.attack!r})")
+    if cfg.attack == "nfgsm" and cfg.train_step_size is not None:
+        raise ConfigError(f"attack 'nfgsm' takes its step from nfgsm_step (units of the training eps, default 1), "
+                          f"not train_step_size (got {cfg.train_step_size!r}); unset train_step_size and set nfgsm_step")
     if cfg.attack == "free" and cfg.attack_bn_mode == "eval":
         raise ConfigError("attack 'free' takes its perturbation's gradient from the training pass itself, which runs "
                           "BatchNorm in train mode, so attack_bn_mode=eval cannot hold; use attack_bn_mode=auto (or train)")

@@ -31,6 +31,7 @@ from .checkpoints import FORMAT, CheckpointError, load_file, save_atomic, versio
 from .config import TrialConfig
 from .evaluate import evaluate_pgd, fixed_rng
 from .loader import iterate, num_batches, to_device
+from .ema import WeightEMA
 from .optim import make_optimizer
 from .reporting import Reporter
 from .schedules import eps_at, schedule_from_config
@@ -57,7 +58,7 @@ def _train_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype) -
                             loss_fn=attacks.trades_kl, **common) if eps > 0 else x
         with autocast():
             logits_clean, logits_adv = model(x), model(x_adv)
-        loss = F.cross_entropy(logits_clean.float(), y) + cfg.trades_beta * attacks.trades_kl(logits_adv, F.softmax(
+        loss = F.cross_entropy(logits_clean.float(), y, label_smoothing=cfg.label_smoothing) + cfg.trades_beta * attacks.trades_kl(logits_adv, F.softmax(
             logits_clean.float(), 1)) / bs
         passes = cfg.train_steps + 2
         logits = logits_adv
@@ -68,12 +69,14 @@ def _train_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype) -
             x_adv, passes = attacks.fgsm(model, x, y, eps, step=cfg.train_step_size, **common), 2
         elif cfg.attack == "fgsm_rs":
             x_adv, passes = attacks.fgsm_rs(model, x, y, eps, step=cfg.train_step_size, **common), 2
+        elif cfg.attack == "nfgsm":
+            x_adv, passes = attacks.nfgsm(model, x, y, eps, noise=cfg.nfgsm_noise, step=cfg.nfgsm_step, **common), 2
         else:
             x_adv = attacks.pgd(model, x, y, eps, steps=cfg.train_steps, step=cfg.train_step_size, **common)
             passes = cfg.train_steps + 1
         with autocast():
             logits = model(x_adv)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)
@@ -81,7 +84,8 @@ def _train_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype) -
     return loss.detach() * bs, (logits.detach().argmax(1) == y).sum(), passes * bs
 
 
-def _free_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype, state: dict, set_lr) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _free_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype, state: dict, set_lr,
+               ema: WeightEMA | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Free adversarial training (Shafahi et al. 2019): replay the minibatch ``m`` times; each
     replay's one backward pass updates both the weights and the perturbation, which is carried
     over to the next minibatch."""
@@ -97,12 +101,14 @@ def _free_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype, st
         delta = attacks.project(delta, x, eps, cfg.norm).requires_grad_(True)
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x + delta)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         grad = delta.grad.detach()
         scaler.step(opt)
         scaler.update()
+        if ema is not None:
+            ema.update(model)
         delta = attacks.project(delta.detach() + step * attacks.step_direction(grad, cfg.norm), x, eps, cfg.norm)
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
@@ -155,6 +161,9 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
         model = model.to(device)
     groups = param_groups(model, cfg)
     frozen = frozen_modules(model)
+    # the averaged model starts at the starting point; validated, guarded and saved as best.pt when on
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    judged = ema.model if ema is not None else model
     opt = make_optimizer(groups, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     schedule = schedule_from_config(cfg)
@@ -163,7 +172,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
     total_steps = cfg.epochs * n_batches * steps_per_batch
     seg_ends = _segments(n_batches, cfg.evals_per_epoch)
     select_key = "clean_acc" if cfg.attack == "none" else "robust_acc"
-    fgsm_based = cfg.attack in ("fgsm", "fgsm_rs") and cfg.co_guard
+    fgsm_based = cfg.attack in ("fgsm", "fgsm_rs", "nfgsm") and cfg.co_guard
     co_batch = None
     if fgsm_based:
         x_all, y_all = next(iterate(train_split, 512, device))
@@ -174,7 +183,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                              "lr": schedule(0.0)}
     work = Path(tempfile.mkdtemp(prefix="advtune-trial-"))
     if resume_from is not None:
-        _restore(resume_from, cfg, model, opt, scaler, state, work)
+        _restore(resume_from, cfg, model, opt, scaler, state, work, ema)
 
     def set_lr() -> float:
         t = state["step"] / total_steps
@@ -214,13 +223,15 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             eps = 0.0
             for b, (x, y) in zip(range(seg_start, seg_end), batches):
                 t = state["step"] / total_steps
-                eps = eps_at(t, cfg.train_eps_value, cfg.eps_ramp) if cfg.attack != "none" else 0.0
+                eps = eps_at(t, cfg.train_eps_value, cfg.eps_ramp, cfg.eps_ramp_start) if cfg.attack != "none" else 0.0
                 if cfg.attack == "free":
-                    lsum, corr, passes = _free_step(cfg, model, opt, scaler, x, y, eps, dtype, state, set_lr)
+                    lsum, corr, passes = _free_step(cfg, model, opt, scaler, x, y, eps, dtype, state, set_lr, ema)
                 else:
                     set_lr()
                     lsum, corr, passes = _train_step(cfg, model, opt, scaler, x, y, eps, dtype)
                     state["step"] += 1
+                    if ema is not None:
+                        ema.update(model)
                 loss_sum += lsum
                 correct += corr
                 seen += y.shape[0]
@@ -235,14 +246,14 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             if status == "running" and not math.isfinite(loss_sum.item()):
                 status, stop_reason = "diverged", f"training loss became {loss_sum.item()} in epoch {epoch + 1}"
             final = state["epoch"] + 1 >= cfg.epochs and state["batch"] >= n_batches
-            metrics, top_share = _validate(cfg, model, val_split, device, final=final) if status == "running" else \
+            metrics, top_share = _validate(cfg, judged, val_split, device, final=final) if status == "running" else \
                 ({"clean_acc": 0.0, "robust_acc": 0.0}, float("nan"))
             if status == "running" and should_check(epoch + state["batch"] / n_batches, cfg.epochs, final):
                 reason = collapse_reason(metrics["clean_acc"], top_share, prep.splits.num_classes, len(val_split))
                 if reason is not None:  # a constant classifier is a failed run, not a completed one (issue 20)
                     status, stop_reason = "diverged", f"{reason} at epoch {epoch + state['batch'] / n_batches:.3g}"
             if fgsm_based and status == "running" and eps > 0:
-                fgsm_acc, pgd_acc, passes = _co_check(cfg, model, co_batch)
+                fgsm_acc, pgd_acc, passes = _co_check(cfg, judged, co_batch)
                 state["guard_passes"] += passes
                 metrics.update(co_fgsm_acc=fgsm_acc, co_pgd_acc=pgd_acc)
                 # Both signals must agree with validation: a run whose robust validation accuracy still
@@ -272,7 +283,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                 if improved:
                     state["best"] = metrics[select_key]
                     state["best_metrics"] = {k: metrics[k] for k in ("epoch", "clean_acc", "robust_acc")}
-                    save_atomic(_best_payload(cfg, model, metrics), work / "best.pt")
+                    save_atomic(_best_payload(cfg, judged, metrics), work / "best.pt")
                 ckpt_dir = _checkpoint_dir(work)
             metrics.update(best_robust_acc=max(state["best"], 0.0) if select_key == "robust_acc" else
                            (state["best_metrics"] or {}).get("robust_acc", 0.0),
@@ -281,7 +292,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                            status=status, stop_reason=stop_reason)
             if ckpt_dir is not None:
                 state["history"].append(metrics)
-                _write_last(cfg, model, opt, scaler, state, ckpt_dir)
+                _write_last(cfg, model, opt, scaler, state, ckpt_dir, ema)
             reporter.report(metrics, ckpt_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -315,7 +326,7 @@ def _checkpoint_dir(work: Path) -> str:
     return str(d)
 
 
-def _write_last(cfg, model, opt, scaler, state, ckpt_dir: str) -> None:
+def _write_last(cfg, model, opt, scaler, state, ckpt_dir: str, ema: WeightEMA | None = None) -> None:
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -324,11 +335,13 @@ def _write_last(cfg, model, opt, scaler, state, ckpt_dir: str) -> None:
     payload = {"format": FORMAT, "kind": "last", "config": cfg.to_dict(), "versions": versions(),
                "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                "progress": progress, "best_metrics": state["best_metrics"], "history": state["history"],
-               "rng": rng, "free_delta": state["free_delta"].cpu() if state["free_delta"] is not None else None}
+               "rng": rng, "free_delta": state["free_delta"].cpu() if state["free_delta"] is not None else None,
+               "ema": ema.state_dict() if ema is not None else None}  # the averaged model: best.pt's weights
     save_atomic(payload, Path(ckpt_dir) / "last.pt")
 
 
-def _restore(source: str | Path, cfg: TrialConfig, model, opt, scaler, state: dict, work: Path) -> None:
+def _restore(source: str | Path, cfg: TrialConfig, model, opt, scaler, state: dict, work: Path,
+             ema: WeightEMA | None = None) -> None:
     source = Path(source)
     last_path = source / "last.pt" if source.is_dir() else source
     payload = load_file(last_path)
@@ -345,6 +358,11 @@ def _restore(source: str | Path, cfg: TrialConfig, model, opt, scaler, state: di
     state.update(payload["progress"])
     state["best_metrics"] = payload["best_metrics"]
     state["history"] = list(payload["history"])
+    if ema is not None:
+        if payload.get("ema") is None:
+            raise CheckpointError(f"{last_path} holds no averaged model although ema_decay={cfg.ema_decay}; resume "
+                                  "with the config the checkpoint holds")
+        ema.load_state_dict(payload["ema"])
     if payload.get("free_delta") is not None:
         state["free_delta"] = payload["free_delta"].to(next(model.parameters()).device)
     torch.set_rng_state(payload["rng"]["cpu"])

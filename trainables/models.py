@@ -1,6 +1,8 @@
 """Models: normalization is the first layer, so every model takes images in [0, 1].
 
 - ``small_cnn``: a 4-layer CNN with BatchNorm for digits/MNIST-size inputs (any H×W ≥ 8);
+- ``mnist_cnn``: the 2-conv MNIST net of the fast-AT papers (Wong et al. 2020's MNIST model shape),
+  no BatchNorm (any H×W ≥ 4);
 - ``preact_resnet18``: PreActResNet-18 (He et al. 2016), the CIFAR standard of Wong/Rice et al.;
 - ``wrn-D-W``: WideResNet-D-W (Zagoruyko & Komodakis), e.g. ``wrn-28-10``, ``wrn-34-10``;
 - ``tv:<name>``: a torchvision classification architecture by name, e.g. ``tv:resnet18``;
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Normalize", "NormalizedModel", "SmallCNN", "PreActResNet18", "WideResNet", "build_net",
+__all__ = ["Normalize", "NormalizedModel", "SmallCNN", "MnistCNN", "PreActResNet18", "WideResNet", "build_net",
            "build_model", "head", "last_block", "replace_head"]
 
 
@@ -67,6 +69,28 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(self.block2(self.block1(x))))
+
+
+class MnistCNN(nn.Module):
+    """Two strided 4×4 convolutions and two linear layers — conv 16 (stride 2, pad 1), conv 32
+    (stride 2, pad 1), fc 100, fc classes, ReLUs between — the net of Wong et al. 2020's MNIST
+    experiments and of the standard from-scratch FGSM-RS recipe. Each convolution halves the side
+    (rounding down), so a C×H×W input reaches the first linear layer as 32·⌊⌊H/2⌋/2⌋·⌊⌊W/2⌋/2⌋
+    features (28×28: 32·7·7 = 1568)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, input_hw: tuple[int, int] = (28, 28)) -> None:
+        super().__init__()
+        h, w = (s // 2 // 2 for s in input_hw)
+        if h < 1 or w < 1:
+            raise ValueError(f"mnist_cnn needs images of at least 4x4 pixels, got {input_hw[0]}x{input_hw[1]}")
+        self.conv1 = nn.Conv2d(in_channels, 16, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 4, stride=2, padding=1)
+        self.fc1 = nn.Linear(32 * h * w, 100)
+        self.fc = nn.Linear(100, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc(F.relu(self.fc1(x.flatten(1))))
 
 
 class PreActBlock(nn.Module):
@@ -146,8 +170,12 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.relu(self.bn(out)), 1).flatten(1))
 
 
-def build_net(name: str, in_channels: int, num_classes: int, tv_weights: str | None = None) -> nn.Module:
-    """The bare network (no normalization) for ``name``; ``tv_weights`` e.g. "DEFAULT"."""
+def build_net(name: str, in_channels: int, num_classes: int, tv_weights: str | None = None,
+              input_hw: tuple[int, int] = (28, 28)) -> nn.Module:
+    """The bare network (no normalization) for ``name``; ``tv_weights`` e.g. "DEFAULT"; ``input_hw``
+    the image side (only ``mnist_cnn``'s linear layer depends on it)."""
+    if name == "mnist_cnn":
+        return MnistCNN(in_channels, num_classes, input_hw)
     if name == "small_cnn":
         return SmallCNN(in_channels, num_classes)
     match = re.fullmatch(r"small_cnn-(\d+)", name)
@@ -170,7 +198,7 @@ def build_net(name: str, in_channels: int, num_classes: int, tv_weights: str | N
             raise ValueError(f"torchvision models expect 3-channel images; dataset has {in_channels}")
         replace_head(net, num_classes)
         return net
-    raise ValueError(f"unknown model {name!r}: use small_cnn, small_cnn-W (e.g. small_cnn-16), preact_resnet18, wrn-D-W (e.g. wrn-28-10) or tv:<name>")
+    raise ValueError(f"unknown model {name!r}: use small_cnn, small_cnn-W (e.g. small_cnn-16), mnist_cnn, preact_resnet18, wrn-D-W (e.g. wrn-28-10) or tv:<name>")
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, mean: tuple[float, ...],
@@ -185,7 +213,7 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
         net = build_external_net(name, tuple(input_shape), num_classes)
         head_module = classifier_name(net, head_module)
     else:
-        net = build_net(name, input_shape[0], num_classes, tv_weights)
+        net = build_net(name, input_shape[0], num_classes, tv_weights, input_hw=tuple(input_shape[1:]))
         if head_module is not None:
             from .external_models import classifier_name
 

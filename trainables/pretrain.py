@@ -25,7 +25,10 @@ __all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained", "
 _NOT_IN_KEY = frozenset({
     "norm", "eval_eps", "val_steps", "val_restarts", "val_step_size", "eval_batch_size", "train_eps", "train_steps",
     "train_step_size", "free_replays", "attack_bn_mode", "trades_beta", "co_guard", "co_gap", "co_drop", "device",
-    "download", "trust_checkpoint", "pretrained", "betas"})  # betas: pretraining always uses SGD
+    "download", "trust_checkpoint", "pretrained", "betas", "nfgsm_noise", "nfgsm_step",
+    # fixed to one value by pretrain_config, so they tell no two pretrainings apart (and keeping them
+    # out keeps the caches made before these keys existed valid)
+    "eps_ramp_start", "label_smoothing", "ema_decay"})  # betas: pretraining always uses SGD
 
 
 def cache_dir() -> Path:
@@ -37,11 +40,16 @@ def pretrain_config(cfg: TrialConfig) -> TrialConfig:
     return cfg.replace(attack="none", pretrained="none", activation="relu", schedule="cosine", warmup=0.0,
                        min_lr=0.0, peak_lr=cfg.pretrain_lr, epochs=max(cfg.pretrain_epochs, 1), seed=0,
                        finetune_scope="full", backbone_lr_mult=1.0, eps_ramp=0.0, evals_per_epoch=1,
-                       loss="ce", train_eps=None, optimizer="sgd")  # pretrain_lr is an SGD learning rate
+                       loss="ce", train_eps=None, optimizer="sgd",  # pretrain_lr is an SGD learning rate
+                       eps_ramp_start=0.0, label_smoothing=0.0, ema_decay=0.0)  # fine-tuning settings, not pretraining's
 
 
 def cached_path(cfg: TrialConfig) -> Path:
     key = {k: v for k, v in pretrain_config(cfg).to_dict().items() if k not in _NOT_IN_KEY}
+    if cfg.normalization not in ("auto", "data"):
+        # before issue 25's fix pretraining (pretrained: none) ignored an explicit normalization and
+        # trained behind the data's statistics: such caches must not be taken for the new ones
+        key["normalization_applied"] = True
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     name = f"{cfg.dataset}-{cfg.model.replace(':', '_')}-{digest}"
     return cache_dir() / "pretrained" / name / "best.pt"

@@ -91,8 +91,12 @@ def schedule_from_config(cfg) -> Schedule:
     return make_schedule(cfg.schedule, **{k: getattr(cfg, k) for k in _FAMILIES[cfg.schedule][1]})
 
 
-def eps_at(t: float, eps: float, ramp: float) -> float:
-    """Training epsilon at progress ``t``: linear from 0 to ``eps`` over the first ``ramp``."""
-    if ramp <= 0 or t >= ramp:
+def eps_at(t: float, eps: float, ramp: float, start: float = 0.0) -> float:
+    """Training epsilon at progress ``t``: 0 before ``start`` (T1), then linear from 0 to ``eps``
+    at ``ramp`` (T2, the ramp's END), ``eps`` after. ``start = 0`` is the plain ramp over the first
+    ``ramp``; ``start = ramp`` a step from 0 to ``eps`` (Ngnawé et al.'s delayed schedule is T1 > 0)."""
+    if t < start:
+        return 0.0
+    if ramp <= start or t >= ramp:
         return eps
-    return eps * _clip(t) / ramp
+    return eps * (_clip(t) - start) / (ramp - start)
