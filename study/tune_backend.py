@@ -202,7 +202,10 @@ def restore_tuner(spec, study_dir: Path) -> tune.Tuner:
     # The callback unpickled from the bucket points at the staging folder of the machine that started the
     # study; this driver writes its records into its own.
     internal = tuner._local_tuner
-    internal._run_config.callbacks = [_callback(spec, study_dir, internal._tune_config.search_alg)]
+    from .trackers import callbacks as tracker_callbacks
+
+    internal._run_config.callbacks = [_callback(spec, study_dir, internal._tune_config.search_alg),
+                                      *tracker_callbacks(spec)]  # --tracker: rebuilt with the rest
     return tuner
 
 
