@@ -1,12 +1,12 @@
 """Cost of one adversarial training step, as a ratio to a natural step and to its algorithmic bound.
 
 Times advtune's own training steps (``trainables.finetune._train_step`` / ``_free_step``) on random
-data, batch 128: natural, FGSM-RS, PGD-k (k = 3, 7, 10) and free-m (m = 4), for the small CNN at the
+data, batch 128: natural, FGSM-RS, N-FGSM, PGD-k (k = 3, 7, 10) and free-m (m = 4), for the small CNN at the
 digits shape (1x8x8) and the Fashion-MNIST shape (1x28x28), and PreActResNet-18 at 3x32x32 (fewer
 repeats). The variants of one model are interleaved (a shuffled order per round) and each figure is
 the median over rounds, so load from other processes hits every variant alike.
 
-Bound (forward+backward passes per minibatch, relative to natural): PGD-k (k+1)x, FGSM-RS 2x,
+Bound (forward+backward passes per minibatch, relative to natural): PGD-k (k+1)x, FGSM-RS and N-FGSM 2x,
 free-m 1x per replay (m x per minibatch). advtune's attacks switch ``requires_grad`` of the
 parameters off while crafting, so an attack pass computes no weight gradients and is cheaper than
 a training pass: ratios below 1.00x of the bound are expected.
@@ -35,7 +35,8 @@ from advtune.trainables.finetune import _free_step, _train_step  # noqa: E402
 from advtune.trainables.models import build_model  # noqa: E402
 
 # (label, attack, train_steps, bound in natural-step units, replays per call)
-VARIANTS = [("natural", "none", 1, 1.0, 1), ("fgsm_rs", "fgsm_rs", 1, 2.0, 1), ("pgd-3", "pgd", 3, 4.0, 1),
+VARIANTS = [("natural", "none", 1, 1.0, 1), ("fgsm_rs", "fgsm_rs", 1, 2.0, 1), ("nfgsm", "nfgsm", 1, 2.0, 1),
+            ("pgd-3", "pgd", 3, 4.0, 1),
             ("pgd-7", "pgd", 7, 8.0, 1), ("pgd-10", "pgd", 10, 11.0, 1), ("free-4", "free", 1, 1.0, 4)]
 
 
@@ -50,7 +51,7 @@ def make_step(model_name: str, shape: tuple[int, int, int], batch: int, label: s
     x, y = torch.rand(batch, *shape), torch.randint(0, 10, (batch,))
     state = {"step": 0, "free_delta": None}
     if attack == "free":
-        return lambda: _free_step(cfg, model, opt, scaler, x, y, 0.1, None, state, lambda: None)
+        return lambda: _free_step(cfg, model, opt, scaler, x, y, 0.1, None, state, lambda: None, None)
     return lambda: _train_step(cfg, model, opt, scaler, x, y, 0.1, None)
 
 

@@ -22,7 +22,7 @@ NUM = r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?|nan|inf)"
 PROMISES = {
     "attack_cost.py": [
         rf"^RATIO small_cnn@1x8x8/b128 {name} natural={NUM} bound={NUM} bound_x=\S+ cpu_bound={NUM}"
-        for name in ("natural", "fgsm_rs", "pgd-3", "pgd-7", "pgd-10", "free-4/replay", "free-4/batch")
+        for name in ("natural", "fgsm_rs", "nfgsm", "pgd-3", "pgd-7", "pgd-10", "free-4/replay", "free-4/batch")
     ] + [rf"^RATIO preact_resnet18@3x32x32/\S+ pgd-10 natural={NUM} bound={NUM}",
          rf"^RATIO small_cnn@1x28x28/\S+ free-4/replay natural={NUM} bound={NUM}"],
     "overhead.py": [

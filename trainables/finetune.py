@@ -85,7 +85,7 @@ def _train_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype) -
 
 
 def _free_step(cfg: TrialConfig, model, opt, scaler, x, y, eps: float, dtype, state: dict, set_lr,
-               ema: WeightEMA | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+               ema: WeightEMA | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Free adversarial training (Shafahi et al. 2019): replay the minibatch ``m`` times; each
     replay's one backward pass updates both the weights and the perturbation, which is carried
     over to the next minibatch."""
