@@ -514,6 +514,12 @@ def register(sub) -> None:
     p.add_argument("--grace-period", type=int, default=1,
                    help="ASHA's first rung, epochs; raised to the end of the space's longest warmup")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/R at each rung")
+    p.add_argument("--pruning", choices=("auto", "epoch", "full_strength"), default="auto",
+                   help="ASHA's time: 'full_strength' counts each trial's epochs after its own LR warmup/peak and eps "
+                        "ramp (fair to slow starts; auto's choice when the space searches warmup, eps_ramp or peak_at), "
+                        "'epoch' raw epochs (the old behaviour). See docs/benchmarks.md, pruning fidelity")
+    p.add_argument("--full-strength-grace", type=float, default=None, metavar="EPOCHS",
+                   help="first rung of the full_strength rule, in epochs at full strength (default: the benchmark's pick)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once")
     p.add_argument("--cpus-per-trial", type=_cpus, default=None, metavar="N|auto",
                    help="CPUs (and torch threads) per trial; default auto: the cluster's CPUs divided among the "

@@ -87,19 +87,35 @@ def _local_best(rec: TrialRecord) -> bool:
     return bool(rec.directory and (rec.directory / "best.pt").exists())
 
 
-def candidates(records: list[TrialRecord], last_rung: int | None, top_k: int | None,
-               has_best=_local_best) -> list[TrialRecord]:
+def candidates(records: list[TrialRecord], last_rung: float | None, top_k: int | None,
+               has_best=_local_best, time_of=None, rungs: int = 2, objective=None) -> list[TrialRecord]:
     """The trials to evaluate, best selection figure first, among those with a best.pt (``has_best``: in
     the trial's folder; a study in cloud storage asks the bucket): the top ``top_k`` by selection figure;
-    by default every trial ASHA let past its ``last_rung`` (epochs; None: a study without rungs, every
-    trial) and the 3 best by selection figure, wherever ASHA stopped them. Trials stopped *at* the last
-    rung lost ASHA's last comparison: counting them all made the default attack every trial of a study
-    whose only rung is early (12 of 12 in a Fashion-MNIST study); but the best selection figure of a
-    study can belong to one of them (it peaked before the rung), and the export must not miss it."""
-    pool = sorted((r for r in records if r.best and has_best(r)), key=lambda r: (-_selection(r), r.trial_id))
+    by default every trial that reached ASHA's ``last_rung`` (None: a study without rungs, every trial) and
+    the 3 best by selection figure, wherever ASHA stopped them (the best selection figure can belong to a
+    trial that peaked before a rung, and the export must not miss it).
+
+    With two rungs or more, every trial that *reached* the last rung is a candidate, stopped there or not:
+    it survived every earlier rung, and on the default study a trial stopped at the last rung (6th by
+    selection figure) had the 2nd-best strong figure. ASHA lets about ``n/rf^(rungs-1)`` trials reach the
+    last rung (async promotion a few more), so the cost stays bounded: ~6 of 12 trials on the default
+    study. With a single rung every trial reaches it (12 of 12 in a Fashion-MNIST study), so there only the
+    trials past it count.
+    ``time_of(record)`` is the trial's time in the pruning rule's unit (default: its epochs). "Best by
+    selection figure" is the study's one ranking without strong figures (``objectives.rank_trials``):
+    under a ``robust:clean>=X`` objective the feasible trials come first."""
+    from .objectives import rank_trials
+
+    pool = [r for r in rank_trials(records, None, objective) if has_best(r)]
     if top_k is not None:
         return pool[:top_k]
-    return [r for i, r in enumerate(pool) if i < MIN_TOP_K or last_rung is None or r.epochs_run > last_rung]
+    time_of = time_of or (lambda r: r.epochs_run)
+
+    def reached(r: TrialRecord) -> bool:
+        t = time_of(r)
+        return t >= last_rung - 1e-9 if rungs >= 2 else t > last_rung + 1e-9
+
+    return [r for i, r in enumerate(pool) if i < MIN_TOP_K or last_rung is None or reached(r)]
 
 
 def load_final(study_dir: str | Path) -> dict[str, Any]:
@@ -222,6 +238,7 @@ def _checkpoints(spec, records: list[TrialRecord]) -> dict[str, str]:
 def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
     """Evaluate the study's top-k trials that have no strong figure yet (Ray must be up). Returns the
     final evaluation, or None when it is off or the search has not finished."""
+    from .objectives import parse_objective
     from .records import StudyRecords
     from .spec import asha_rungs
 
@@ -236,10 +253,13 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
         return None
     attack = resolve_attack(attack)
     images = resolve_images(getattr(spec, "final_images", None), spec.gpus_per_trial)
-    rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
+    rungs = spec.pruning_rule().rungs() if hasattr(spec, "pruning_rule") else \
+        asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
     checkpoints = _checkpoints(spec, records)
     chosen = candidates(records, rungs[-1] if rungs else None, getattr(spec, "final_top_k", None),
-                        has_best=lambda r: r.trial_id in checkpoints)
+                        has_best=lambda r: r.trial_id in checkpoints,
+                        time_of=lambda r: spec.rung_time(r.params, r.epochs_run), rungs=len(rungs),
+                        objective=parse_objective(getattr(spec, "objective", None)))
     settings = {"attack": attack, "images": images, "top_k": getattr(spec, "final_top_k", None), "seed": 0}
     final = load_final(study_dir)
     if final.get("settings", {}).get("attack") != attack or final.get("settings", {}).get("images") != images:

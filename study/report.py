@@ -233,11 +233,15 @@ def _pareto(out_dir: Path, records: list[TrialRecord], top: list[TrialRecord],
 def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord]) -> str:
     from matplotlib.lines import Line2D
 
+    from .pruning import trial_rung_epochs
     from .spec import asha_rungs
 
     fig = _figure(10, 6)
     ax = fig.subplots()
-    rungs = asha_rungs(spec["grace_period"], spec["reduction_factor"], spec["max_epochs"])
+    # the full_strength rule meets each trial's rungs at its own epochs (after its warmup and eps ramp):
+    # marked on each curve instead of as lines shared by all
+    own_rungs = spec.get("pruning", "epoch") == "full_strength"
+    rungs = [] if own_rungs else asha_rungs(spec["grace_period"], spec["reduction_factor"], spec["max_epochs"])
     for rung in rungs:
         ax.axvline(rung, color="grey", ls=":", lw=1.2, zorder=1)
     if rungs:  # named on a top axis, where no curve can run over the labels
@@ -250,6 +254,11 @@ def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord]) -> 
             continue
         color = STATE_COLORS.get(r.state, "grey")
         ax.plot(*zip(*pts), color=color, lw=1.5, alpha=0.8, marker="o", ms=3, zorder=2)
+        if own_rungs:  # where ASHA compared this trial: its first validation at or after each of its rungs
+            met = [next((p for p in pts if p[0] >= e - 1e-9), None) for e in trial_rung_epochs(spec, r.params)]
+            met = [p for p in met if p is not None]
+            if met:
+                ax.plot(*zip(*met), ls="", marker="D", ms=6, mfc="none", mec=color, mew=1.3, zorder=3)
         if r.state == "pruned":
             ax.plot(*pts[-1], ls="", marker="X", ms=10, color=color, mec="black", mew=0.8, zorder=4)
         elif r.state in ("diverged", "catastrophic_overfitting", "error"):
@@ -264,6 +273,9 @@ def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord]) -> 
                               label="stopped (diverged / overfit / error)"))
     if rungs:
         handles.append(Line2D([], [], color="grey", ls=":", lw=1.2, label="ASHA rung"))
+    if own_rungs:
+        handles.append(Line2D([], [], ls="", marker="D", ms=6, mfc="none", mec="black",
+                              label="ASHA rung of that trial\n(epochs at full strength)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     ax.set_xlabel("epoch")
     ax.set_ylabel("robust validation accuracy (%)")
@@ -272,7 +284,7 @@ def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord]) -> 
     ax.set_xticks(range(0, spec["max_epochs"] + 1, max(1, math.ceil(spec["max_epochs"] / 12))))
     ax.grid(alpha=0.3)
     ax.set_title(f"Robust validation accuracy per epoch ({_threat(spec)}); ASHA keeps the top "
-                 f"1/{spec['reduction_factor']} at each rung")
+                 f"1/{spec['reduction_factor']} at each rung (rule: {spec.get('pruning', 'epoch')})")
     _save(fig, out_dir, "curves.png")
     return "curves.png"
 

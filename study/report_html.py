@@ -96,8 +96,8 @@ def _summary(marker: dict[str, Any], records: list[TrialRecord], top: list[Trial
     return [
         f"<b>{len(records)}</b> trials recorded of {spec.get('num_samples', '?')} planned: "
         + ", ".join(f"{n} {_e(s.replace('_', ' '))}" for s, n in sorted(states.items(), key=lambda kv: -kv[1])),
-        f"<b>{summary['pruned']}</b> stopped early by ASHA (rungs at epoch "
-        f"{', '.join(str(r) for r in rungs) or 'none'}; up to {spec['max_epochs']} epochs a trial)",
+        f"<b>{summary['pruned']}</b> stopped early by ASHA ({_rungs_text(spec, rungs)}; up to {spec['max_epochs']} "
+        f"epochs a trial)",
         f"best robust validation accuracy <b>{_pct(best.best['robust_acc'])}%</b> "
         f"(clean {_pct(best.best['clean_acc'])}%)"
         f" — trial <code>{_e(best.trial_id)}</code> ({_e(best.state)}) at epoch {_fmt(best.best['epoch'])}",
@@ -196,3 +196,15 @@ never touches the test set); the PNG files beside this page are the same plots.<
 </body>
 </html>
 """
+
+
+def _rungs_text(spec: dict[str, Any], rungs: list) -> str:
+    """Where ASHA compared trials, in the study's pruning rule's unit (study/pruning.py)."""
+    if spec.get("pruning", "epoch") == "full_strength":
+        from .pruning import make_rule
+
+        fs = make_rule("full_strength", spec["grace_period"], spec.get("full_strength_grace", 1.0),
+                       spec["reduction_factor"], spec["max_epochs"]).rungs()
+        return (f"rule full_strength: rungs at {', '.join(f'{r:g}' for r in fs) or 'none'} epoch(s) at full strength, "
+                f"after each trial's own warmup and eps ramp")
+    return f"rungs at epoch {', '.join(str(r) for r in rungs) or 'none'}"

@@ -47,9 +47,26 @@ class StudySpec:
     optuna_storage: str | None = None  # cloud studies: the user's Optuna database URL (default: in memory)
     # the final strong evaluation of the top trials (study/final_eval.py); studies from before it get these
     final_attack: str = "auto"
-    final_top_k: int | None = None  # None: every trial ASHA let past its last rung and the 3 best by selection
+    final_top_k: int | None = None  # None: every trial that reached ASHA's last rung and the 3 best by selection
     final_images: int | None = None  # None: 128 validation images on CPU trials, 1000 with GPUs
+    # ASHA's time (study/pruning.py): studies from before the rule was a setting pruned on raw epochs
+    pruning: str = "epoch"
+    full_strength_grace: float = 1.0  # first rung of the full_strength rule, epochs at full strength
     trackers: tuple[str, ...] = ()  # --tracker mlflow[:URI] | wandb[:PROJECT] (study/trackers.py)
+
+    def pruning_rule(self):
+        """The study's pruning rule with its rungs (``study.pruning.PruningRule``)."""
+        from .pruning import make_rule
+
+        return make_rule(self.pruning, self.grace_period, self.full_strength_grace, self.reduction_factor,
+                         self.max_epochs)
+
+    def rung_time(self, params: dict[str, Any], epoch: float) -> float:
+        """ASHA's time for a trial with searched ``params`` at ``epoch`` under the study's rule."""
+        from .pruning import full_strength_point, rung_time
+
+        point = full_strength_point({**self.base_config.to_dict(), **params})
+        return rung_time(self.pruning, epoch, point, self.max_epochs)
 
     @property
     def slots(self) -> int:
@@ -147,6 +164,15 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
     from .trackers import parse_trackers
 
     objective = parse_objective(getattr(args, "objective", None)).text
+    from .pruning import DEFAULT_FULL_STRENGTH_GRACE, default_rule_for
+
+    pruning = getattr(args, "pruning", None) or "auto"
+    if pruning == "auto":
+        pruning = default_rule_for({p.name for p in space.params})
+    fs_grace = getattr(args, "full_strength_grace", None) or DEFAULT_FULL_STRENGTH_GRACE
+    if fs_grace <= 0 or fs_grace >= args.max_epochs:
+        raise StudyError(f"--full-strength-grace {fs_grace:g} is out of range: it must be above 0 and below "
+                         f"--max-epochs {args.max_epochs}")
     warm = tuple(str(Path(d).expanduser().resolve()) for d in getattr(args, "warm_start", None) or ())
     spec = StudySpec(name=name, space=str(space.source), base_config=base, num_samples=args.num_samples,
                      max_epochs=args.max_epochs, grace_period=grace, requested_grace=args.grace_period or 1,
@@ -155,7 +181,8 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                      storage_path=storage, seed=args.seed, max_failures=args.max_failures,
                      verbose=args.verbose, assume_shared_storage=args.assume_shared_storage, objective=objective,
                      sampler=getattr(args, "sampler", None) or "tpe", warm_start=warm,
-                     optuna_storage=getattr(args, "optuna_storage", None),
+                     optuna_storage=getattr(args, "optuna_storage", None), pruning=pruning,
+                     full_strength_grace=fs_grace,
                      trackers=parse_trackers(getattr(args, "tracker", None)), **final)
     return spec, space
 
@@ -187,11 +214,7 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
         f"data       {b.dataset}, model {b.model}, starting point {b.pretrained}",
         f"threat     {b.norm} eval_eps {b.eval_eps:.5g}, validation PGD-{b.val_steps}"
         f"{'' if b.val_restarts == 1 else f'-{b.val_restarts}'} on the fixed validation split (seed {b.split_seed})",
-        f"ASHA       on robust_acc, time attribute epoch, reduction factor {spec.reduction_factor}, "
-        f"rungs at epochs {rungs or '(none: grace period reaches max epochs, nothing is pruned)'}",
-        f"           first rung at epoch {spec.grace_period}: the space's longest warmup/eps ramp ends at epoch "
-        f"{peak_epoch:.2f}, so no trial is judged before its LR has peaked"
-        + (f" (raised from --grace-period {spec.requested_grace})" if spec.grace_period > spec.requested_grace else ""),
+        *_pruning_lines(spec, space, rungs, peak_epoch),
         f"resources  {_cpus_text(spec)} + {spec.gpus_per_trial:g} GPU per trial; "
         f"cluster: {spec.address or 'local Ray on this machine'}",
         f"storage    {spec.storage_path}; failures retried up to {spec.max_failures}x from the last checkpoint",
@@ -208,7 +231,7 @@ def _final_text(spec: StudySpec) -> str:
     if spec.final_attack == "none":
         return "final      no strong evaluation (--final-attack none): trials rank by the validation attack"
     k = (f"top {spec.final_top_k}" if spec.final_top_k
-         else "every trial ASHA let past its last rung and the 3 best by selection figure")
+         else "every trial that reached ASHA's last rung and the 3 best by selection figure")
     n = resolve_images(spec.final_images, spec.gpus_per_trial)
     return (f"final      {k}: best checkpoints attacked again with {ATTACKS[resolve_attack(spec.final_attack)]} "
             f"on the first {n} validation images; export ranks by that")
@@ -280,3 +303,27 @@ def check_resources(spec: StudySpec, nodes: list[dict[str, Any]]) -> None:
     raise StudyError(
         f"no node of the cluster can run one trial: each trial asks for {', '.join(missing) or need}. Lower "
         "--cpus-per-trial/--gpus-per-trial (fractional GPUs such as 0.5 let trials share one) or add bigger nodes.")
+
+
+def _pruning_lines(spec: StudySpec, space: SearchSpace, rungs: list[int], peak_epoch: float) -> list[str]:
+    """What ASHA decides on, when, and why this rule (``--dry-run`` shows it)."""
+    from .pruning import full_strength_point
+
+    rule = spec.pruning_rule()
+    if rule.name == "epoch":
+        return [f"ASHA       on robust_acc, rule 'epoch' (time: raw epochs), reduction factor {spec.reduction_factor}, "
+                f"rungs at epochs {rungs or '(none: grace period reaches max epochs, nothing is pruned)'}",
+                f"           first rung at epoch {spec.grace_period}: the space's longest warmup/eps ramp ends at epoch "
+                f"{peak_epoch:.2f}" + (f" (raised from --grace-period {spec.requested_grace})"
+                                       if spec.grace_period > spec.requested_grace else "")]
+    fs_rungs = rule.rungs()
+    start = full_strength_point(spec.base_config)
+    lines = [f"ASHA       on robust_acc, rule 'full_strength' (time: epochs trained after the trial's own LR warmup/peak "
+             f"and eps ramp), reduction factor {spec.reduction_factor}, rungs at "
+             f"{', '.join(f'{r:g}' for r in fs_rungs) or 'none'} epoch(s) at full strength",
+             f"           e.g. the base config (full strength from epoch {start * spec.max_epochs:.2f}) meets them at epochs "
+             f"{', '.join(f'{start * spec.max_epochs + r:.2f}' for r in fs_rungs)}; a trial whose warmup or ramp ends "
+             f"later meets them later. Why this rule: a slow start or an eps ramp reads weak at a fixed epoch for that "
+             f"reason alone; on recorded curves this rule's first-rung figure predicts the final strong figure better "
+             f"(docs/benchmarks.md, pruning fidelity). --pruning epoch: the old rule"]
+    return lines

@@ -8,8 +8,9 @@ Two pitfalls of Tune + Optuna + ASHA are handled here, not inherited:
 1. Tune tells the searcher that a trial stopped by ASHA is COMPLETE, with its early value: TPE
    then learns from truncated runs as if they had finished. :class:`PruningAwareOptunaSearch`
    tells Optuna such trials are PRUNED (their intermediate values are already recorded).
-2. ASHA's first rung is placed no earlier than the end of the longest warmup / epsilon ramp the
-   space allows (see ``study.spec.asha_rungs``), so slow starts are not judged before their LR peaks.
+2. ASHA judges a slow start or an epsilon ramp before it has had its chance when its time is the raw
+   epoch: :class:`ScheduleAwareASHA` runs Ray's ASHA on the study's pruning rule's time
+   (``study.pruning``: by default each trial's epochs at full strength, after its own warmup and ramp).
 """
 from __future__ import annotations
 
@@ -24,7 +25,49 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .records import StudyRecords
 
-__all__ = ["PruningAwareOptunaSearch", "StudyCallback", "make_sampler", "make_tuner", "restore_tuner", "fit"]
+__all__ = ["PruningAwareOptunaSearch", "ScheduleAwareASHA", "StudyCallback", "make_sampler", "make_scheduler",
+           "make_tuner", "restore_tuner", "fit"]
+
+
+class ScheduleAwareASHA(ASHAScheduler):
+    """Ray Tune's ASHA, with the time of each result given by a pruning rule (``study.pruning``).
+
+    Under ``full_strength`` a result at ``epoch`` counts as ``epoch − point·epochs``, where ``point`` is the
+    trial's own full-strength point (its warmup / cyclic peak and epsilon ramp, from its config), so every
+    trial meets each rung the same number of epochs after it first trained at full LR and full epsilon.
+    Under ``epoch`` it is ASHA on epochs, as before. Everything else (rungs, cutoffs, promotion) is Ray's.
+    """
+
+    TIME = "rung_time"
+
+    def __init__(self, rule, base: dict[str, Any], metric: str = "robust_acc") -> None:
+        super().__init__(time_attr=self.TIME, metric=metric, mode="max", max_t=rule.max_t,
+                         grace_period=rule.grace, reduction_factor=rule.reduction_factor)
+        self.rule, self._base, self._points = rule, dict(base), {}
+
+    def _timed(self, trial, result: dict | None) -> dict | None:
+        if not result or "epoch" not in result:
+            return result
+        from .pruning import full_strength_point, rung_time
+
+        point = self._points.get(trial.trial_id)
+        if point is None:
+            point = self._points[trial.trial_id] = full_strength_point({**self._base, **(trial.config or {})})
+        return {**result, self.TIME: rung_time(self.rule.name, result["epoch"], point, self.rule.max_epochs)}
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return super().on_trial_result(tune_controller, trial, self._timed(trial, result))
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, self._timed(trial, result))
+
+
+def make_scheduler(rule, base: dict[str, Any]) -> ScheduleAwareASHA:
+    """The study's ASHA for pruning rule ``rule`` (a ``study.pruning.PruningRule``) over ``base`` (the
+    study's fixed config as a dict: each trial's searched values are laid over it)."""
+    return ScheduleAwareASHA(rule, base)
+
+
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -179,8 +222,7 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
         mode=["max"] * len(objective.metrics) if multi else "max", points_to_evaluate=points or None,
         sampler=make_sampler(spec.sampler, spec.seed, max(3, len(points) + 1)),
         study_name=spec.name, storage=storage, min_clean=objective.min_clean)  # the seed is the sampler's
-    scheduler = ASHAScheduler(time_attr="epoch", metric="robust_acc", mode="max", max_t=spec.max_epochs,
-                              grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
+    scheduler = make_scheduler(spec.pruning_rule(), spec.base_config.to_dict())
     return tune.Tuner(
         _trainable(spec, study_dir),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,

@@ -99,7 +99,7 @@ def test_with_two_trials_the_gap_flag_is_for_more_than_3_points():
     assert GAP_WARNING not in line["x"] and GAP_WARNING in line["y"]
 
 
-def test_candidates_are_every_trial_past_the_last_rung_and_the_3_best_by_selection_with_a_checkpoint(tmp_path):
+def test_candidates_are_every_trial_that_reached_the_last_rung_and_the_3_best_by_selection(tmp_path):
     recs = []
     for i, (robust, epochs) in enumerate([(0.5, 8), (0.4, 8), (0.45, 6), (0.3, 6), (0.2, 3), (0.1, 3), (0.35, 3)]):
         d = tmp_path / f"t{i}"
@@ -107,14 +107,20 @@ def test_candidates_are_every_trial_past_the_last_rung_and_the_3_best_by_selecti
         (d / "best.pt").write_bytes(b"w")
         recs.append(TrialRecord(f"t{i}", {}, _metrics(robust, epochs), "completed", directory=d))
     ids = lambda rs: [r.trial_id for r in rs]  # noqa: E731
-    # every trial ASHA kept past the last rung, even one with a low selection figure (t3), and the 3 best by
-    # selection figure, even one ASHA stopped at the last rung (t2); t6, stopped at it and not in the top 3, not
-    assert ids(candidates(recs, last_rung=3, top_k=None)) == ["t0", "t2", "t1", "t3"]  # by selection figure
-    assert ids(candidates(recs, last_rung=6, top_k=None)) == ["t0", "t2", "t1"]  # 2 went past it, t2 is 2nd best
+    # rungs at 3 and 6: every trial that reached the last rung (6), stopped there or not, even one 4th by
+    # selection figure (t3: the default study's 5dcee24a, stopped at the last rung, had the 2nd-best strong
+    # figure and was never evaluated), and the 3 best by selection figure; t6 (stopped at 3) not
+    assert ids(candidates(recs, last_rung=6, top_k=None, rungs=2)) == ["t0", "t2", "t1", "t3"]
+    # a single rung is reached by every trial: there only the trials past it count
+    assert ids(candidates(recs, last_rung=3, top_k=None, rungs=1)) == ["t0", "t2", "t1", "t3"]
     assert ids(candidates(recs, last_rung=None, top_k=None)) == ["t0", "t2", "t1", "t6", "t3", "t4", "t5"]  # no rungs
     assert ids(candidates(recs, last_rung=3, top_k=2)) == ["t0", "t2"]
+    # the pruning rule's time: a trial whose ramp ends late is judged in epochs at full strength
+    late = {"t3": 2.0}  # t3 reached epoch 6, but only 6 - 2.4 = 3.6 epochs at full strength: short of the rung at 4
+    time_of = lambda r: r.epochs_run - (2.4 if r.trial_id in late else 0)  # noqa: E731
+    assert ids(candidates(recs, last_rung=4, top_k=None, rungs=2, time_of=time_of)) == ["t0", "t2", "t1"]
     (tmp_path / "t2" / "best.pt").unlink()
-    assert ids(candidates(recs, last_rung=3, top_k=None)) == ["t0", "t1", "t6", "t3"]
+    assert ids(candidates(recs, last_rung=6, top_k=None, rungs=2)) == ["t0", "t1", "t6", "t3"]
 
 
 @pytest.fixture(scope="module")

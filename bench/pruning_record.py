@@ -1,0 +1,159 @@
+"""Record full, unpruned learning curves and final strong figures of a fixed sample of a space's
+configurations: the data the pruning-fidelity replay (``bench/pruning_fidelity.py``) judges pruning
+rules on, with no re-training per rule.
+
+For one space (a preset) and one problem (digits as ``advtune run`` has it, or the Fashion-MNIST
+problem of the search benchmark), it takes the space's own starting points and then Optuna
+``RandomSampler`` draws (seeded) up to ``--configs`` configurations, trains each one for the study's
+whole ``--max-epochs`` from the same naturally pretrained starting point (``finetune.run``, the code
+path every trial runs, validation at every epoch: PGD-``val_steps``, the selection figure), and then
+attacks its ``best.pt`` with the study's final strong attack (APGD-CE + APGD-T, AutoAttack's
+gradient attacks with standard settings) on the first ``--final-images`` validation images, as the
+study's final evaluation would. Two configurations train at once, one torch thread each.
+
+    .venv/bin/python bench/pruning_record.py --problem digits --space sfd --configs 24 \\
+        --out docs/data/pruning-digits-sfd.json                     # ~25 min on 2 cores
+    .venv/bin/python bench/pruning_record.py --problem fmnist --space sfd --configs 16 \\
+        --out docs/data/pruning-fmnist-sfd.json                     # FGSM-RS, ~40 min on 2 cores
+    .venv/bin/python bench/pruning_record.py --quick --out /tmp/p.json   # 3 configs, 2 epochs (~1 min)
+
+The JSON is written after every configuration, and a run with the same ``--out`` skips the
+configurations already recorded (an interrupted recording keeps what it measured).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROBLEMS = {
+    # the default study's problem: `advtune run` with no arguments (TrialConfig's defaults)
+    "digits": {},
+    # the search benchmark's Fashion-MNIST problem (bench/search_efficiency.py FULL_SETS), FGSM-RS
+    "fmnist": {"dataset": "fashion-mnist", "train_size": 2000, "val_size": 1000, "model": "small_cnn-16",
+               "eval_eps": 0.1, "attack": "fgsm_rs", "val_steps": 5, "pretrain_epochs": 10},
+}
+QUICK = {"pretrain_epochs": 2, "val_steps": 2, "train_steps": 2}
+
+
+def sample_configs(space_name: str, base, n: int, seed: int) -> list[dict]:
+    """The space's starting points, then random draws: the searched values of ``n`` configurations."""
+    import optuna
+
+    from advtune.search_spaces import define_by_run, load_space
+
+    space = load_space(space_name, base)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
+    for point in space.starting_points:
+        study.enqueue_trial(dict(point))
+    fn = define_by_run(space, base)
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        fn(trial)
+        out.append(dict(trial.params))
+        study.tell(trial, 0.0)
+    return out
+
+
+class _Collect:
+    """A reporter that keeps every epoch's metrics and the newest best.pt."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.history = out, []
+
+    def report(self, metrics, checkpoint_dir) -> None:
+        import shutil
+
+        self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        if checkpoint_dir is not None:
+            best = Path(checkpoint_dir) / "best.pt"
+            if best.exists():
+                os.replace(best, self.out / "best.pt")
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def run_one(cfg_dict: dict, final_images: int, final_attack: str) -> dict:
+    """Train one configuration to the end, then attack its best checkpoint (in a worker process)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from advtune.trainables import finetune
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.strong_eval import strong_eval
+
+    cfg = TrialConfig.from_dict(cfg_dict)
+    with tempfile.TemporaryDirectory() as d:
+        rep = _Collect(Path(d))
+        t0 = time.perf_counter()
+        summary = finetune.run(cfg, rep)
+        train_s = time.perf_counter() - t0
+        strong = strong_eval(Path(d) / "best.pt", final_attack, final_images) if (Path(d) / "best.pt").exists() else None
+    return {"history": rep.history, "status": summary["status"], "stop_reason": summary["stop_reason"],
+            "train_seconds": round(train_s, 1), "strong": strong}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--problem", choices=sorted(PROBLEMS), default="digits")
+    ap.add_argument("--space", default="sfd")
+    ap.add_argument("--configs", type=int, default=24)
+    ap.add_argument("--max-epochs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random draws (not of training)")
+    ap.add_argument("--final-attack", default="apgd")
+    ap.add_argument("--final-images", type=int, default=512)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="3 configurations, 2 epochs, PGD-2: checks the script")
+    args = ap.parse_args(argv)
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.pretrain import ensure_pretrained
+
+    sets = dict(PROBLEMS[args.problem])
+    if args.quick:
+        sets.update(QUICK)
+        args.configs, args.max_epochs, args.final_attack, args.final_images = 3, 2, "pgd", 64
+    base = TrialConfig().replace(**sets, epochs=args.max_epochs)
+    from advtune.search_spaces import load_space
+
+    base = base.replace(**load_space(args.space, base).base)
+    pre = ensure_pretrained(base)  # once, before any trial: every configuration starts from it
+    base = base.replace(pretrained=str(pre))
+    configs = sample_configs(args.space, base, args.configs, args.seed)
+    data = json.loads(args.out.read_text()) if args.out.exists() else {}
+    data.update(problem=args.problem, space=args.space, max_epochs=args.max_epochs, sample_seed=args.seed,
+                final_attack=args.final_attack, final_images=args.final_images, sets=sets,
+                eval_eps=base.eval_eps, base=base.replace(pretrained="auto").to_dict())
+    runs = data.setdefault("runs", [])
+    done = {json.dumps(r["params"], sort_keys=True) for r in runs}
+    todo = [p for p in configs if json.dumps(p, sort_keys=True) not in done]
+    print(f"{len(configs)} configurations of {args.space} on {args.problem}: {len(todo)} to record", flush=True)
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(run_one, base.replace(**p).to_dict(), args.final_images, args.final_attack): p for p in todo}
+        for fut in cf.as_completed(futs):
+            p = futs[fut]
+            res = fut.result()
+            runs.append({"index": configs.index(p), "params": p, **res})
+            runs.sort(key=lambda r: r["index"])
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(data, indent=1))
+            s = res["strong"] or {}
+            print(f"  [{len(runs)}/{len(configs)}] {p}: best PGD {100 * res['history'][-1]['best_robust_acc']:.1f}%, "
+                  f"strong {100 * s.get('robust_acc', float('nan')):.1f}% ({res['status']}, {res['train_seconds']:.0f} s "
+                  f"training, {s.get('seconds', 0):.0f} s attack) at {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""When ASHA may judge a trial: pruning rules that are fair to the schedule's shape.
+
+A schedule is a function of training progress, so at a fixed epoch a trial with a slow start (a
+long LR warmup, a late cyclic peak) or an epsilon ramp has trained less at full LR and full epsilon
+than one without, and reads weaker for that reason alone (short-horizon bias). Two rules:
+
+``epoch``          ASHA's time is the epoch (rungs at ``grace·rf^k`` epochs), the first rung placed
+                   after the longest warmup / ramp / peak the space allows. The old default.
+``full_strength``  ASHA's time is each trial's *epochs at full strength*: epochs trained after its own
+                   LR warmup (or cyclic peak) and epsilon ramp have ended,
+                   ``epoch − full_strength_point(config)·epochs``. A trial with a 30% epsilon ramp
+                   is compared at the same distance past its ramp as one without a ramp is past its
+                   warmup, so it meets each rung a little later and is not judged on its ramp.
+
+Which rule is the default was decided by measurement, not assumed: ``bench/pruning_fidelity.py``
+replays Ray Tune's own ASHA on recorded, unpruned learning curves and final strong figures
+(docs/benchmarks.md, "Pruning fidelity"). This module is pure (no Ray): the scheduler that applies a
+rule is ``study.tune_backend.make_scheduler``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from advtune.trainables.config import TrialConfig
+
+__all__ = ["RULES", "DEFAULT_RULE", "PruningRule", "full_strength_point", "rung_time", "default_rule_for",
+           "make_rule", "DEFAULT_FULL_STRENGTH_GRACE", "trial_rung_epochs"]
+
+RULES = {
+    "epoch": "rungs at raw epochs, the first after the longest warmup/ramp the space allows",
+    "full_strength": "rungs at epochs trained at full strength (after each trial's own warmup/peak and eps ramp)",
+}
+# The rule for spaces that search the schedule's shape (warmup, eps ramp, cyclic peak); chosen by
+# bench/pruning_fidelity.py's replay on recorded curves (docs/benchmarks.md).
+DEFAULT_RULE = "full_strength"
+DEFAULT_FULL_STRENGTH_GRACE = 1.0  # epochs at full strength before the first rung (the replay's pick)
+SHAPE_KEYS = ("warmup", "eps_ramp", "eps_ramp_start", "peak_at")
+
+
+def full_strength_point(cfg: TrialConfig | Mapping[str, Any]) -> float:
+    """Fraction of training (in [0, 1)) at which ``cfg`` first trains at its peak LR and full epsilon:
+    the end of its LR warmup (``sfd``, ``cosine``) or its cyclic peak (``peak_at``), and of its
+    epsilon ramp (``eps_ramp``, the ramp's end), whichever is later. 0 for natural training's epsilon
+    and for schedules that start at their peak (``piecewise``, ``constant``)."""
+    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    lr_end = {"sfd": get("warmup", 0.0), "cosine": get("warmup", 0.0),
+              "cyclic": get("peak_at", 0.0)}.get(get("schedule", "sfd"), 0.0)
+    eps_end = 0.0 if get("attack", "pgd") == "none" else (get("eps_ramp", 0.0) or 0.0)
+    return float(min(max(lr_end or 0.0, eps_end), 0.999))
+
+
+def rung_time(rule: str, epoch: float, point: float, epochs: int) -> float:
+    """ASHA's time of a result at ``epoch`` for a trial whose full-strength point is ``point`` (a
+    fraction of its ``epochs``): the epoch itself, or the epochs trained since full strength."""
+    if rule == "epoch":
+        return float(epoch)
+    return float(epoch) - point * epochs
+
+
+@dataclass(frozen=True)
+class PruningRule:
+    """A rule with its ASHA settings, in the rule's own time unit (epochs, or epochs at full strength)."""
+
+    name: str
+    grace: float  # the first rung, in the rule's time unit
+    reduction_factor: int
+    max_epochs: int
+
+    @property
+    def max_t(self) -> float:
+        """ASHA's ``max_t``: the longest a trial can run in this time unit (a trial that reaches it is done)."""
+        return float(self.max_epochs)
+
+    def rungs(self) -> list[float]:
+        """The times at which ASHA compares trials, as Ray's ASHA builds them (``grace·rf^k`` below max_t)."""
+        n = int(math.log(self.max_t / self.grace) / math.log(self.reduction_factor) + 1)
+        return [self.grace * self.reduction_factor ** k for k in range(n) if self.grace * self.reduction_factor ** k < self.max_t]
+
+    def describe(self) -> str:
+        unit = "epochs" if self.name == "epoch" else "epochs at full strength"
+        rungs = ", ".join(f"{r:g}" for r in self.rungs()) or "none"
+        return f"{self.name} ({RULES[self.name]}): rungs at {unit} {rungs}, keeping the top 1/{self.reduction_factor}"
+
+
+def trial_rung_epochs(spec: Mapping[str, Any], params: Mapping[str, Any]) -> list[float]:
+    """The epochs at which a trial of the study ``spec`` (its JSON form) with searched ``params`` meets
+    ASHA's rungs (it is compared at its first validation at or after each): what the report draws."""
+    rule = make_rule(spec.get("pruning", "epoch"), spec["grace_period"], spec.get("full_strength_grace", 1.0),
+                     spec["reduction_factor"], spec["max_epochs"])
+    if rule.name == "epoch":
+        return rule.rungs()
+    point = full_strength_point({**spec.get("base_config", {}), **params})
+    return [point * spec["max_epochs"] + r for r in rule.rungs() if point * spec["max_epochs"] + r < spec["max_epochs"]]
+
+
+def default_rule_for(searched: set[str]) -> str:
+    """``full_strength`` when the space searches the schedule's shape, else ``epoch`` (the same thing
+    when every trial reaches full strength at the same time)."""
+    return DEFAULT_RULE if searched & set(SHAPE_KEYS) else "epoch"
+
+
+def make_rule(name: str, grace_epochs: int, full_strength_grace: float, reduction_factor: int,
+              max_epochs: int) -> PruningRule:
+    """The rule ``name`` with its first rung: ``grace_epochs`` for ``epoch`` (already placed after
+    the space's longest warmup), ``full_strength_grace`` epochs at full strength otherwise."""
+    if name not in RULES:
+        raise ValueError(f"unknown pruning rule {name!r}; one of {', '.join(RULES)}")
+    grace = grace_epochs if name == "epoch" else full_strength_grace
+    return PruningRule(name, float(grace), reduction_factor, max_epochs)
