@@ -12,7 +12,9 @@ Writes into ``STUDY/report`` (or ``--out``)::
     compute.png     grad passes per trial against the cost without pruning
     strong.png      selection figure vs the final strong attack's figure per trial, with the 3-point band
                     (only when the study has a final strong evaluation)
+    history.png     best selection figure so far against trials finished and against grad passes spent
     index.html      all of the above (images embedded as data URIs) with a summary and the top-k table
+    trials.csv      every trial (searched values, state, why stopped, selection/strong/clean figures, grad passes)
 
 Accuracies are shown in %, epsilons in pixel units (images in [0, 1]), compute in grad passes
 (forward+backward passes over images).
@@ -76,15 +78,31 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
         _params(out_dir, ranked, names, dists),
         _compute(out_dir, ranked + [r for r in records if r.metrics and not r.best], spec["max_epochs"]),
     ]
-    plots += [p for p in [strong_plot(out_dir, records, final)] if p]
+    from .report_history import history_plot
+
+    plots += [p for p in [strong_plot(out_dir, records, final), history_plot(out_dir, records, final)] if p]
     summary = compute_summary(records, spec["max_epochs"])
     notes = {imp_png: f" Caveat: {caveat}." if caveat else "", int_png: f" Shown: {pair}." if pair else ""}
+    from .status import status_rows
+
     sections = [report_html.front_section(front, study_dir)] if front else []
+    sections.append(report_html.all_trials_section(status_rows(records, final, objective), names))
     page = report_html.render(marker, records, top, names, summary, plots, out_dir, study_dir, final, notes=notes,
                               sections=sections)
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
+    _trials_csv(out_dir, records, final, objective)
     return index
+
+
+def _trials_csv(out_dir: Path, records: list[TrialRecord], final: dict[str, Any], objective) -> Path:
+    """``trials.csv``: every trial, ranked as everywhere (searched values, state, why stopped, selection, strong
+    and clean figures, grad passes): the table to sort in a spreadsheet."""
+    from .status import status_csv, status_rows
+
+    path = out_dir / "trials.csv"
+    path.write_text(status_csv(status_rows(records, final, objective)), encoding="utf-8")
+    return path
 
 
 def searched_params(marker: dict[str, Any], records: list[TrialRecord]) -> list[str]:
@@ -174,7 +192,7 @@ def _schedules(out_dir: Path, marker: dict[str, Any], top: list[TrialRecord]) ->
     labels.append(f"eval ε = {cfg.eval_eps:.4g} (threat model)")
     ax_lr.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="top trials",
                  title_fontsize=8, frameon=False)
-    fig.suptitle(f"LR schedule and training-ε ramp of the top {len(top)} trials (by best robust val accuracy)")
+    fig.suptitle(f"LR schedule and training-ε ramp of the top {len(top)} trials, in the report's ranking")
     _save(fig, out_dir, "schedules.png")
     return "schedules.png"
 

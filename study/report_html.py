@@ -1,5 +1,6 @@
-"""The HTML page of `advtune report`: one file, images embedded as data URIs, no scripts, nothing
-fetched from the network (it opens offline, from any folder, and can be mailed as is)."""
+"""The HTML page of `advtune report`: one file, images embedded as data URIs, one inline script (sorting the
+all-trials table by a click on a column), nothing fetched from the network (it opens offline, from any folder,
+and can be mailed as is)."""
 from __future__ import annotations
 
 import base64
@@ -41,14 +42,19 @@ CAPTIONS = {
                    "One point per trial the study attacked again after the search: across, the best robust accuracy "
                    "under the validation attack that selected it; up, its robust accuracy under the final strong "
                    "attack on validation images. On the line the pick holds; in the shaded band it lost at most 3 "
-                   "points; ringed points lost more (possible gradient masking or a weak validation attack)."),
+                   "points; ringed points are flagged: their gap stands out from the other trials' (possible gradient masking)."),
+    "history.png": ("best robust validation accuracy found so far against trials and against compute",
+                    "Left: each trial's selection figure (grey) and the best so far (blue steps) in the order the "
+                    "trials finished; right: the same against the grad passes spent by then. Diamonds: the strong "
+                    "figure of the trials the final evaluation attacked. A curve still rising at the right end means "
+                    "more trials would likely find better."),
     "compute.png": ("grad passes spent per trial and in total against the no-pruning cost",
                     "Coloured bars: grad passes each trial spent; hatched bars: what it would have cost run to the "
                     "last epoch. Right: the study's total against running every trial to the end."),
 }
 
 _CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1360px;
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em; }
 .meta { color: #666; font-size: 0.9em; }
@@ -59,6 +65,29 @@ table { border-collapse: collapse; font-size: 0.9em; } th, td { padding: 0.3em 0
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.95em; }
 .state { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 50%; margin-right: 0.35em; }
+th, td { white-space: nowrap; } .wide { overflow-x: auto; max-width: 100%; }
+table.sortable th { cursor: pointer; } table.sortable th:hover { background: #e4e4e4; }
+"""
+
+# Sorts the all-trials table by the clicked column (numbers as numbers, "-" last); a second click reverses.
+_SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var dir = th.dataset.dir === 'asc' ? -1 : 1;
+      th.dataset.dir = dir === 1 ? 'asc' : 'desc';
+      var key = function (r) { var t = r.cells[col].textContent.trim(), n = parseFloat(t.replace(/,/g, ''));
+                               return t === '-' || t === '' ? null : (isNaN(n) ? t : n); };
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (x === null) return 1; if (y === null) return -1;
+        return (typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === 'number' ? -1 : 1)) * dir;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
 """
 
 
@@ -129,6 +158,27 @@ def _table(top: list[TrialRecord], names: list[str], final: dict[str, Any] | Non
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
 
+def all_trials_section(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """Every trial (``rows``: study.status.status_rows, ranked as everywhere), sortable by a click on a column;
+    the same rows are in ``trials.csv`` beside the page."""
+    head = ["rank", "trial", "state", "selection %", "strong %", "gap", "clean %", "epochs", "grad passes"] + names + \
+        ["why stopped"]  # last: a long reason must not push the figures out of view
+    out = ["<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for r in rows:
+        gap = "-" if r["strong_gap"] is None else f"{100 * r['strong_gap']:+.1f}{' !' if r['flag'] else ''}"
+        cells = [_fmt(r["rank"]) if r["rank"] is not None else "-", r["trial_id"], r["state"].replace("_", " "),
+                 _pct(r["robust_acc"]), _pct(r["strong_robust_acc"]), gap, _pct(r["clean_acc"]),
+                 _fmt(r["epochs_run"]), f"{r['grad_passes']:,}"]
+        cells += [_fmt(r["params"][n]) if n in r["params"] else "-" for n in names] + [r["stop_reason"] or "-"]
+        text = (1, 2, len(cells) - 1)
+        out.append("<tr>" + "".join(f'<td{"" if i in text else " class=num"}>{_e(c)}</td>'
+                                    for i, c in enumerate(cells)) + "</tr>")
+    return (f"<h2>All {len(rows)} trials</h2>\n<p class=\"meta\">Click a column to sort by it; the same table is "
+            "<code>trials.csv</code> beside this page. selection % = the validation attack's best robust accuracy "
+            "(what the search ranked on); strong % = the final strong attack's.</p>\n<div class=\"wide\">"
+            "<table class=\"sortable\" id=\"all-trials\">\n" + "\n".join(out) + "\n</tbody></table></div>")
+
+
 def front_section(front: list[TrialRecord], study_dir: Path) -> str:
     """The Pareto front a robust+clean search found, one row per point with the command that reruns it
     (``advtune export --pareto`` writes the configs under these names, in this order)."""
@@ -149,7 +199,10 @@ def front_section(front: list[TrialRecord], study_dir: Path) -> str:
 def _strong_cells(strong: dict[str, Any] | None) -> str:
     if strong is None:
         return '<td class="num">-</td><td class="num">-</td>'
-    warn = ' title="possible gradient masking or a weak validation attack" style="color:#D55E00"' if strong["flag"] else ""
+    from .final_eval import GAP_WARNING
+
+    warn = (f' title="{_e(GAP_WARNING + ": " + strong.get("flag_reason", ""))}" style="color:#D55E00"'
+            if strong["flag"] else "")
     return (f'<td class="num">{_pct(strong["robust_acc"])}</td>'
             f'<td class="num"{warn}>{100 * strong["gap"]:+.1f}{" !" if strong["flag"] else ""}</td>')
 
@@ -187,12 +240,13 @@ never touches the test set); the PNG files beside this page are the same plots.<
 </ul>
 <h2>Top {len(top)} trials by {"the final strong attack's robust accuracy" if (final or {}).get("trials")
                              else "best robust validation accuracy"}</h2>
-{_table(top, names, final)}
+<div class="wide">{_table(top, names, final)}</div>
 <p class="meta">Export them as configs that <code>advtune train --config</code> reruns:
 <code>{_e(rerun)}</code></p>
 {chr(10).join(sections or [])}
 <h2>Plots</h2>
 {figures}
+<script>{_SORT_JS}</script>
 </body>
 </html>
 """

@@ -1,7 +1,7 @@
 """The report's strong-evaluation panel: per evaluated trial, the figure that selected it (the
 validation attack's robust accuracy, on the images the strong attack used) against the figure that
-holds (the final strong attack's), with y = x and the 3-point band below it. A point under the band lost more than 3 points to the
-strong attack: possible gradient masking, or a validation attack too weak to rank on.
+holds (the final strong attack's), with y = x and the 3-point band below it. Ringed points are flagged (their gap
+stands out from the others', study/strong_flags.py); labels are moved apart where figures are close.
 """
 from __future__ import annotations
 
@@ -12,14 +12,44 @@ from typing import Any
 from .final_eval import GAP_FLAG, GAP_WARNING, describe, rank, strong_of  # noqa: F401
 from .records import TrialRecord
 
-__all__ = ["strong_plot", "NAME"]
+__all__ = ["strong_plot", "strong_figure", "separate_labels", "NAME"]
 
 NAME = "strong.png"
 
 
 def strong_plot(out_dir: Path, records: list[TrialRecord], final: dict[str, Any]) -> str | None:
     """Write ``strong.png`` (accuracies in %); None when the study has no strong evaluation."""
-    from .report import STATE_COLORS, _figure, _save
+    from .report import _save
+
+    fig = strong_figure(records, final)
+    if fig is None:
+        return None
+    _save(fig, out_dir, NAME)
+    return NAME
+
+
+def separate_labels(fig, texts, step_px: float = 2.0) -> None:
+    """Move annotation ``texts`` down (in their offset) until no two overlap: trials with close figures put
+    their labels on one spot ("3." printed over "4."). Each label keeps a leader line to its point."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    extent = lambda t: Text.get_window_extent(t, renderer)  # noqa: E731 - the text alone, not its leader line
+    placed = []
+    for t in sorted(texts, key=lambda t: -extent(t).y0):
+        box, shift = extent(t), 0.0
+        while any(box.translated(0, -shift).overlaps(p) for p in placed):
+            shift += step_px
+        if shift:
+            x, y = t.xyann
+            t.xyann = (x, y - shift * 72.0 / fig.dpi)  # offsets are in points
+        placed.append(box.translated(0, -shift))
+
+
+def strong_figure(records: list[TrialRecord], final: dict[str, Any], separate: bool = True):
+    """The strong-evaluation figure (None without a strong evaluation); labels separated unless told not to."""
+    from .report import STATE_COLORS, _figure
 
     rows = [(r, strong_of(final, r.trial_id)) for r in rank(records, final) if strong_of(final, r.trial_id)]
     if not rows:
@@ -46,9 +76,12 @@ def strong_plot(out_dir: Path, records: list[TrialRecord], final: dict[str, Any]
     flagged = [(x, y) for (_, s), x, y in zip(rows, xs, ys) if s["flag"]]
     if flagged:
         ax.scatter(*zip(*flagged), s=170, facecolor="none", edgecolor="#D55E00", lw=1.5, zorder=5,
-                   label=f"gap > {band:g} points: {GAP_WARNING}")
-    for j, ((r, _), x, y) in enumerate(zip(rows, xs, ys)):
-        ax.annotate(f"{j + 1}. {r.trial_id}", (x, y), xytext=(8, -4), textcoords="offset points", fontsize=8)
+                   label=f"flagged: {GAP_WARNING}")
+    left = lambda x: (x - lo) / max(hi - lo, 1e-9) > 0.75  # noqa: E731 - near the right edge: label on the left
+    notes = [ax.annotate(f"{j + 1}. {r.trial_id}", (x, y), xytext=(-8 if left(x) else 8, -4),
+                         textcoords="offset points", fontsize=8, ha="right" if left(x) else "left",
+                         arrowprops=dict(arrowstyle="-", lw=0.5, color="grey", shrinkA=0, shrinkB=3))
+             for j, ((r, _), x, y) in enumerate(zip(rows, xs, ys))]
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
@@ -58,9 +91,10 @@ def strong_plot(out_dir: Path, records: list[TrialRecord], final: dict[str, Any]
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     n_flag = len(flagged)
-    fig.suptitle(f"Does the pick hold? {len(rows)} trials attacked again; {n_flag} more than {band:g} points below "
-                 "their selection figure", fontsize=11)
+    fig.suptitle(f"Does the pick hold? {len(rows)} trials attacked again; {n_flag} flagged (gap far above the "
+                 "others')", fontsize=11)
     ax.set_title(textwrap.fill(describe(final).split(";")[0] + "; numbers: rank by the strong figure", 90),
                  fontsize=8, color="dimgrey")
-    _save(fig, out_dir, NAME)
-    return NAME
+    if separate:
+        separate_labels(fig, notes)
+    return fig

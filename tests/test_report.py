@@ -23,7 +23,7 @@ from advtune.study.cli import build_parser, main
 from advtune.study.records import MARKER, StudyRecords
 
 PLOTS = ("schedules.png", "pareto.png", "curves.png", "importance.png", "interaction.png", "params.png", "compute.png",
-         "strong.png")
+         "strong.png", "history.png")
 TOP_K = 3
 CHROMIUM = "/usr/bin/chromium"
 
@@ -114,7 +114,9 @@ def test_html_lists_the_top_k_configs_and_the_summary(report, study):
 def test_html_fetches_nothing_from_the_network(report):
     page = (report / "index.html").read_text(encoding="utf-8")
     assert "http://" not in page and "https://" not in page
-    assert "<script" not in page and "@import" not in page and "url(" not in page
+    assert "@import" not in page and "url(" not in page
+    scripts = re.findall(r"<script\b[^>]*>", page)
+    assert scripts == ["<script>"]  # one inline script (the all-trials table's sorting), nothing loaded
     for ref in re.findall(r'(?:src|href)="([^"]*)"', page):
         assert ref.startswith("data:image/png;base64,"), ref[:60]
 
@@ -234,7 +236,7 @@ def test_page_loads_in_headless_chromium_without_console_errors(report, study, t
         sid = cdp.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             cdp.send(f"{domain}.enable", session=sid)
-        cdp.send("Emulation.setDeviceMetricsOverride", session=sid, width=1280, height=900, deviceScaleFactor=1,
+        cdp.send("Emulation.setDeviceMetricsOverride", session=sid, width=WIDTH, height=900, deviceScaleFactor=1,
                  mobile=False)
         cdp.send("Page.navigate", session=sid, url=(alone / "index.html").as_uri())
         cdp.wait_for("Page.loadEventFired")
@@ -243,7 +245,13 @@ def test_page_loads_in_headless_chromium_without_console_errors(report, study, t
                  "height: document.documentElement.scrollHeight})")
         seen = json.loads(cdp.send("Runtime.evaluate", session=sid, expression=probe, returnByValue=True)
                           ["result"]["value"])
-        cdp.send("Emulation.setDeviceMetricsOverride", session=sid, width=1280, height=min(seen["height"], 8000),
+        # at 1400 px: no table cell wraps onto a second line, no two cells of a row overlap
+        layout = json.loads(cdp.send("Runtime.evaluate", session=sid, expression=_LAYOUT_PROBE, returnByValue=True)
+                            ["result"]["value"])
+        # and sorting works: a click on "selection %" orders the all-trials table by it
+        sort = json.loads(cdp.send("Runtime.evaluate", session=sid, expression=_SORT_PROBE, returnByValue=True)
+                          ["result"]["value"])
+        cdp.send("Emulation.setDeviceMetricsOverride", session=sid, width=WIDTH, height=min(seen["height"], 8000),
                  deviceScaleFactor=1, mobile=False)
         shot = cdp.send("Page.captureScreenshot", session=sid, format="png")["data"]
         (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
@@ -262,3 +270,50 @@ def test_page_loads_in_headless_chromium_without_console_errors(report, study, t
     for name, complete, width, alt in seen["imgs"]:
         assert complete and width >= 600 and alt, (name, complete, width, alt)
     assert seen["height"] > 2000  # the whole report laid out, not an error page
+    assert layout["cells"] > 20 and not layout["wrapped"] and not layout["overlaps"], layout
+    vals = [v for v in sort if v is not None]
+    assert sort[:len(vals)] == vals and (vals == sorted(vals) or vals == sorted(vals, reverse=True)), sort
+    assert len(sort) == len(StudyRecords(study, tensorboard=False).load())
+
+
+WIDTH = 1400
+# every table cell: taller than one line of its own text = wrapped; two cells of a row whose boxes intersect
+_LAYOUT_PROBE = """JSON.stringify((function () {
+  var wrapped = [], overlaps = [], cells = 0;
+  document.querySelectorAll('table tr').forEach(function (tr) {
+    var boxes = Array.prototype.map.call(tr.cells, function (c) { return c.getBoundingClientRect(); });
+    Array.prototype.forEach.call(tr.cells, function (c, i) {
+      cells++;
+      // the line boxes of the cell's text (its text nodes only: the state dot is an inline block)
+      var tops = [], walk = document.createTreeWalker(c, NodeFilter.SHOW_TEXT), node;
+      while ((node = walk.nextNode())) {
+        var range = document.createRange(); range.selectNodeContents(node);
+        Array.prototype.forEach.call(range.getClientRects(), function (r) { if (r.width > 0) tops.push(r.top); });
+      }
+      if (tops.length && Math.max.apply(null, tops) - Math.min.apply(null, tops) > 4) wrapped.push(c.textContent.slice(0, 40));
+      for (var j = i + 1; j < boxes.length; j++)
+        if (boxes[i].right > boxes[j].left + 0.5 && boxes[j].right > boxes[i].left + 0.5) overlaps.push([i, j]);
+    });
+  });
+  return {cells: cells, wrapped: wrapped, overlaps: overlaps};
+})())"""
+_SORT_PROBE = """JSON.stringify((function () {
+  var table = document.getElementById('all-trials'), col = -1;
+  table.querySelectorAll('th').forEach(function (th, i) { if (th.textContent === 'selection %') col = i; });
+  table.querySelectorAll('th')[col].click();
+  return Array.prototype.map.call(table.tBodies[0].rows, function (r) {
+    var t = r.cells[col].textContent; return t === '-' ? null : parseFloat(t); });
+})())"""
+
+
+def test_report_writes_every_trial_as_csv(report, study):
+    import csv
+
+    rows = list(csv.DictReader((report / "trials.csv").open(encoding="utf-8")))
+    records = StudyRecords(study, tensorboard=False).load()
+    assert sorted(r["trial_id"] for r in rows) == sorted(r.trial_id for r in records)  # all, not the top k
+    for col in ("state", "stop_reason", "robust_acc", "strong_robust_acc", "clean_acc", "grad_passes"):
+        assert col in rows[0]
+    marker = json.loads((study / MARKER).read_text())
+    assert all(f"param.{n}" in rows[0] for n in marker["space_params"])
+    assert [r["trial_id"] for r in rows][:TOP_K] == [r.trial_id for r in ranked(study)][:TOP_K]

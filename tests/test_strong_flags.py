@@ -145,3 +145,25 @@ def test_the_small_study_flags_none_or_says_why(small_study, capsys):
     for tid, e in final["trials"].items():
         if e["flag"]:  # the evidence is printed beside the trial
             assert f"  {tid}: {e['flag_reason']}" in out
+
+
+def test_strong_png_labels_of_close_trials_do_not_overlap():
+    """Two trials with the same figures printed "3." over "4."; the labels' rendered boxes must not intersect."""
+    from advtune.study.report_strong import strong_figure
+
+    pairs = {"aaaa1111": (0.50, 0.40), "bbbb2222": (0.50, 0.40), "cccc3333": (0.501, 0.399), "dddd4444": (0.45, 0.44)}
+    final = _final(pairs)
+    recs = [TrialRecord(t, {}, [{"epoch": 1, "robust_acc": s, "clean_acc": 0.9}], "completed") for t, (s, _) in
+            pairs.items()]
+
+    def overlaps(fig) -> int:
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        from matplotlib.text import Text
+
+        boxes = [Text.get_window_extent(t, r) for t in fig.axes[0].texts]  # the label text, not its leader line
+        assert len(boxes) == 4
+        return sum(boxes[i].overlaps(boxes[j]) for i in range(4) for j in range(i + 1, 4))
+
+    assert overlaps(strong_figure(recs, final, separate=False)) > 0  # what the plot drew before
+    assert overlaps(strong_figure(recs, final)) == 0
