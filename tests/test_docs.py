@@ -1,5 +1,6 @@
 """The user guide's runnable shell blocks run, in order, in a fresh folder (`make docs-check`), after the
-guide's ```python file=NAME blocks are written there."""
+guide's ```python file=NAME blocks are written there; then its ```python runnable blocks ("From Python") run
+there as one script, in order, as a notebook would run them (they read the study the shell blocks made)."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,10 @@ def runnable_blocks(text: str) -> list[str]:
     return re.findall(r"```bash runnable\n(.*?)```", text, flags=re.S)
 
 
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python runnable\n(.*?)```", text, flags=re.S)
+
+
 def file_blocks(text: str) -> list[tuple[str, str]]:
     """```python file=NAME blocks: files the guide asks the reader to write, written before the runnable lines."""
     return re.findall(r"```python file=(\S+)\n(.*?)```", text, flags=re.S)
@@ -25,6 +30,14 @@ def test_guide_has_runnable_blocks():
     blocks = runnable_blocks(GUIDE.read_text())
     assert len(blocks) >= 3
     assert all(line.startswith("advtune ") for b in blocks for line in b.splitlines() if line.strip())
+
+
+def test_python_blocks_come_after_every_shell_block_and_use_the_api():
+    text = GUIDE.read_text()
+    blocks = python_blocks(text)
+    assert len(blocks) >= 2 and all("advtune." in b for b in blocks)
+    assert text.index("```python runnable") > text.rindex("```bash runnable")  # they run after the shell blocks
+    assert "load_study" in text and "advtune.train(" in text  # a finished study into pandas, its best config rerun
 
 
 def test_every_runnable_block_of_the_user_guide_runs(tmp_path):
@@ -38,6 +51,12 @@ def test_every_runnable_block_of_the_user_guide_runs(tmp_path):
             res = subprocess.run(shlex.split(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
                                  stdin=subprocess.DEVNULL)
             assert res.returncode == 0, f"{line}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    script = "\n".join(python_blocks(GUIDE.read_text()))
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, f"{script}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    assert "strong_robust_acc" in res.stdout  # the study's DataFrame was printed
+    assert (tmp_path / "runs" / "from-python" / "best.pt").exists()  # its best config, rerun from Python
     assert (tmp_path / "advtune_runs" / "guide" / "export" / "best.yaml").exists()
     assert (tmp_path / "runs" / "guide" / "best.pt").exists()
     assert (tmp_path / "runs" / "mine" / "best.safetensors").exists()  # "Your own model and data"
