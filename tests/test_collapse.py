@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from advtune.trainables import finetune
-from advtune.trainables.collapse import chance_threshold, collapse_reason, should_check
+from advtune.trainables.collapse import chance_threshold, collapse_reason, should_check, stop_for_collapse
 from advtune.trainables.config import TrialConfig
 from advtune.trainables.setup import prepare
 
@@ -37,6 +37,13 @@ def test_the_check_waits_for_the_first_epochs_but_always_judges_the_end():
     assert should_check(0.5, 1, final=True)
 
 
+def test_one_judged_validation_at_chance_is_not_enough_unless_it_is_the_last():
+    assert stop_for_collapse(0, True, final=False) == (1, False)  # may recover as the LR decays
+    assert stop_for_collapse(1, False, final=False) == (0, False)  # it did: the streak restarts
+    assert stop_for_collapse(1, True, final=False) == (2, True)  # two in a row: a collapse
+    assert stop_for_collapse(0, True, final=True) == (1, True)  # at chance at the end: a collapse
+
+
 def test_a_constant_classifier_ends_as_diverged_with_its_reason(recorder, tmp_path):
     """A starting point whose head always says class 3, trained with a negligible LR: every clean
     prediction is class 3 (10% correct), which is a collapse, not a completed trial."""
@@ -51,6 +58,7 @@ def test_a_constant_classifier_ends_as_diverged_with_its_reason(recorder, tmp_pa
     rep = recorder()
     summary = finetune.run(cfg.replace(pretrained=str(tmp_path / "constant.pt")), rep)
     assert summary["status"] == "diverged" and rep.metrics[-1]["status"] == "diverged"
-    assert "collapsed" in summary["stop_reason"] and "epoch 1" in summary["stop_reason"]
-    assert rep.metrics[-1]["clean_acc"] < 0.15 and len(rep.metrics) == 1  # stopped at the first check (epoch 1 of 2)
+    assert "collapsed" in summary["stop_reason"] and "epoch 2" in summary["stop_reason"]
+    assert [m["status"] for m in rep.metrics] == ["running", "diverged"]  # epoch 1 at chance: one more chance
+    assert rep.metrics[-1]["clean_acc"] < 0.15
     assert rep.checkpoints[-1] is None  # like any diverged model, never checkpointed

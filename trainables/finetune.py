@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import attacks
-from .collapse import collapse_reason, should_check
+from .collapse import collapse_reason, should_check, stop_for_collapse
 from .checkpoints import FORMAT, CheckpointError, load_file, save_atomic, versions
 from .config import TrialConfig
 from .evaluate import evaluate_pgd, fixed_rng
@@ -180,7 +180,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
 
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "grad_passes": 0, "guard_passes": 0, "best": -1.0,
                              "best_metrics": None, "history": [], "co_best_pgd": -1.0, "free_delta": None,
-                             "lr": schedule(0.0)}
+                             "lr": schedule(0.0), "collapse_streak": 0}
     work = Path(tempfile.mkdtemp(prefix="advtune-trial-"))
     if resume_from is not None:
         _restore(resume_from, cfg, model, opt, scaler, state, work, ema)
@@ -250,7 +250,8 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                 ({"clean_acc": 0.0, "robust_acc": 0.0}, float("nan"))
             if status == "running" and should_check(epoch + state["batch"] / n_batches, cfg.epochs, final):
                 reason = collapse_reason(metrics["clean_acc"], top_share, prep.splits.num_classes, len(val_split))
-                if reason is not None:  # a constant classifier is a failed run, not a completed one (issue 20)
+                state["collapse_streak"], stop = stop_for_collapse(state["collapse_streak"], reason is not None, final)
+                if stop:  # a constant classifier is a failed run, not a completed one (issue 20)
                     status, stop_reason = "diverged", f"{reason} at epoch {epoch + state['batch'] / n_batches:.3g}"
             if fgsm_based and status == "running" and eps > 0:
                 fgsm_acc, pgd_acc, passes = _co_check(cfg, judged, co_batch)
@@ -331,7 +332,7 @@ def _write_last(cfg, model, opt, scaler, state, ckpt_dir: str, ema: WeightEMA | 
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     progress = {k: state[k] for k in ("epoch", "batch", "step", "grad_passes", "guard_passes", "best", "co_best_pgd",
-                                      "lr")}
+                                      "lr", "collapse_streak")}
     payload = {"format": FORMAT, "kind": "last", "config": cfg.to_dict(), "versions": versions(),
                "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                "progress": progress, "best_metrics": state["best_metrics"], "history": state["history"],
