@@ -45,24 +45,75 @@ def _ensure_pretrained(tb, spec, pretrain_cfg: dict | None) -> None:
     tb.run_task(pretrain_into, pretrain_cfg, str(target), num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial)
 
 
-def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | None) -> int:
+def _connect(tb, spec) -> bool:
+    """Start or join Ray; an ``--address`` that does not answer is refused in seconds with one line (no Ray
+    retries behind its C++ warnings). Returns True when this process started Ray."""
+    from .cluster import probe_address
+
+    probe_address(spec.address)
+    try:
+        return tb.init_ray(spec.address, num_cpus=None, verbose=spec.verbose)
+    except (ConnectionError, TimeoutError) as exc:
+        raise StudyError(f"--address {spec.address}: Ray could not join the cluster ({str(exc).splitlines()[0]}); "
+                         "check the address, that this machine runs the cluster's Ray version, and its "
+                         "authentication token") from None
+
+
+def _check_cluster(spec):
+    """Every check that needs Ray: CPUs per trial, resources (the autoscaler's node types too), storage.
+    Returns the spec with its CPUs resolved."""
+    from . import tune_backend as tb
+    from .cluster import autoscaler_running, node_types
+    from .spec import check_resources, check_storage, resolve_cpus
+
+    nodes = tb.cluster_nodes()
+    autoscaling = autoscaler_running()
+    types, _ = node_types() if autoscaling else ([], "")
+    if spec.cpus_per_trial is None:
+        spec = resolve_cpus(spec, nodes, types)
+        print(f"cpus per trial: {spec.cpus_per_trial:g} (auto: {spec.slots} trial(s) at once on this cluster's "
+              "CPUs; set --cpus-per-trial to choose)", flush=True)
+    waiting = check_resources(spec, nodes, types, autoscaling)
+    grows = autoscaling and (not types or any(t.launchable for t in types))
+    check_storage(spec, len(nodes), grows=grows)
+    if waiting:
+        print(waiting, flush=True)
+    return spec
+
+
+def _dry_run_cluster(spec) -> None:
+    """``--dry-run --address``: join the cluster, say which live nodes and node types can host a trial."""
+    from . import tune_backend as tb
+    from .cluster import autoscaler_running, node_types
+    from .spec import describe_cluster, resolve_cpus
+
+    started = _connect(tb, spec)
+    try:
+        types, source = node_types() if autoscaler_running() else ([], "")
+        nodes = tb.cluster_nodes()
+        print("\n".join(describe_cluster(resolve_cpus(spec, nodes, types), nodes, types, source)), flush=True)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | None, before_start=None) -> int:
+    """Join Ray, run every check, then ``before_start()`` (a new study writes itself there: nothing is written
+    before every check has passed), then the search, the final evaluation and the export."""
     from .records import preload_tensorboard
 
     preload_tensorboard()  # while Ray starts
     from . import tune_backend as tb
     from .export import compute_summary, export, load_study
-    from .spec import check_resources, check_storage, resolve_cpus
 
-    started = tb.init_ray(spec.address, num_cpus=None, verbose=spec.verbose)
+    started = _connect(tb, spec)
     t0 = time.time()
     try:
-        nodes = tb.cluster_nodes()
-        if spec.cpus_per_trial is None:
-            spec = resolve_cpus(spec, nodes)
-            print(f"cpus per trial: {spec.cpus_per_trial:g} (auto: {spec.slots} trial(s) at once on this cluster's "
-                  "CPUs; set --cpus-per-trial to choose)", flush=True)
-        check_resources(spec, nodes)
-        check_storage(spec, len(nodes))
+        spec = _check_cluster(spec)
+        if before_start is not None:
+            before_start()
         if not spec.is_cloud:  # `advtune status` / `export` can tell a running study (study/liveness.py)
             from .liveness import driver_started
 
@@ -174,29 +225,51 @@ def run(args: argparse.Namespace, base=None):
     print(describe(spec, space), flush=True)
     if args.dry_run:
         _warm_start(spec, space)  # says what a warm start would take, or refuses it, before anything runs
+        if spec.address:
+            _dry_run_cluster(spec)
         return None
     study_dir = spec.study_dir
     if spec.is_cloud:
         from .storage import check_cloud_study_free
 
         check_cloud_study_free(spec)  # bucket, credentials, name free; clears a stale staging folder
-    if study_dir.exists() and any(study_dir.iterdir()):
+    if study_dir.exists() and any(study_dir.iterdir()) and not _reusable(study_dir):
         raise StudyError(f"study directory {study_dir} already exists; continue it with `advtune resume {study_dir}` "
                          "or choose another --name")
     spec, pretrain_cfg = _pretrained_target(spec, study_dir)
     pretrain = pretrain_cfg.to_dict() if pretrain_cfg is not None else None
     warm = _warm_start(spec, space)  # refuses an incomparable study before anything is written
-    _write_marker(spec, space, study_dir, pretrain)
-    if warm is not None:
-        from .warm_start import seed
 
-        seed(study_dir, spec, warm)
-    if spec.is_cloud:
-        from .storage import Remote
+    def write_study() -> None:  # called by _launch once every check has passed
+        if study_dir.exists():  # a folder left by a study that never started (_reusable)
+            shutil.rmtree(study_dir)
+        _write_marker(spec, space, study_dir, pretrain)
+        if warm is not None:
+            from .warm_start import seed
 
-        Remote(spec.location, study_dir).push()
-    _launch(spec, space, study_dir, resume=False, pretrain_cfg=pretrain)
+            seed(study_dir, spec, warm)
+        if spec.is_cloud:
+            from .storage import Remote
+
+            Remote(spec.location, study_dir).push()
+
+    _launch(spec, space, study_dir, resume=False, pretrain_cfg=pretrain, before_start=write_study)
     return spec
+
+
+# What a study that never started can hold: its marker and space, a warm-start seed, a starting point pretrained
+# before a failure. Anything else (Ray Tune's state, trials, a user's own files) makes the folder a study.
+_NEVER_STARTED = {"advtune_study.json", "space.yaml", "optuna.db", "pretrained"}
+
+
+def _reusable(study_dir: Path) -> bool:
+    """A folder left by `advtune run` before any trial ran (no Ray Tune state): its name may be reused."""
+    entries = {p.name for p in study_dir.iterdir()}
+    if not entries <= _NEVER_STARTED or "advtune_study.json" not in entries:
+        return False
+    print(f"{study_dir} holds only the marker of a study that never started (no Ray Tune state): reusing its name",
+          flush=True)
+    return True
 
 
 def _warm_start(spec, space):
@@ -220,8 +293,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     study_dir = Path(args.study).resolve()
     marker = read_marker(study_dir)  # refuses folders advtune did not write: restore unpickles their state
     if not any(study_dir.glob("experiment_state-*.json")) and not (study_dir / "tuner.pkl").exists():
-        raise StudyError(f"{study_dir} holds no Ray Tune state to resume (the study never started); start it again "
-                         "with advtune run")
+        raise StudyError(f"{study_dir} holds no Ray Tune state to resume: the study never started (only its marker was "
+                         f"written). Start it again with `advtune run --name {study_dir.name} --storage-path "
+                         f"{study_dir.parent} ...`: advtune run reuses the name of a study that never started")
     spec = StudySpec.from_dict(marker["spec"])
     from .final_eval import check_settings
 

@@ -14,7 +14,7 @@ from advtune.trainables.config import TrialConfig
 from .errors import StudyError
 
 __all__ = ["StudySpec", "asha_rungs", "min_grace", "describe", "check_storage", "check_resources",
-           "SHARED_FS_TYPES"]
+           "SHARED_FS_TYPES", "describe_cluster"]
 
 # Filesystems that other machines can see. Anything else on a multi-node cluster is head-local.
 SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "cephfs",
@@ -254,9 +254,10 @@ def _fs_type(path: Path) -> str:
     return fstype
 
 
-def check_storage(spec: StudySpec, n_nodes: int) -> None:
-    """On a multi-node cluster, trials on other nodes must reach the study directory."""
-    if n_nodes <= 1 or spec.assume_shared_storage or spec.is_cloud:
+def check_storage(spec: StudySpec, n_nodes: int, grows: bool = False) -> None:
+    """On a multi-node cluster, trials on other nodes must reach the study directory. ``grows``: an autoscaler
+    can add nodes (the one node up now is not the cluster the trials will run on)."""
+    if (n_nodes <= 1 and not grows) or spec.assume_shared_storage or spec.is_cloud:
         return
     existing = Path(spec.storage_path)
     while not existing.exists() and existing != existing.parent:
@@ -265,7 +266,8 @@ def check_storage(spec: StudySpec, n_nodes: int) -> None:
     if fstype not in SHARED_FS_TYPES:
         raise StudyError(
             f"storage path {spec.storage_path} is on this machine's local disk ({fstype or 'unknown filesystem'}), but the "
-            f"cluster has {n_nodes} nodes: trials on other nodes could not write their checkpoints there. Use shared "
+            f"cluster has {n_nodes} node{'' if n_nodes == 1 else 's'}{' and its autoscaler adds more' if grows else ''}: trials "
+            "on other nodes could not write their checkpoints there. Use shared "
             "storage: --storage-path /mnt/nfs/advtune (a filesystem every node mounts at the same path, NFS or a "
             "mounted bucket). If this path IS shared (same machine, or a filesystem advtune does not "
             "recognise), pass --assume-shared-storage.")
@@ -277,32 +279,89 @@ def _cpus_text(spec: StudySpec) -> str:
     return f"auto CPUs (the cluster's CPUs / {spec.slots} trial(s) at once, at most the smallest node's)"
 
 
-def resolve_cpus(spec: StudySpec, nodes: list[dict[str, Any]]) -> StudySpec:
+def _fits(resources: dict[str, float], need: dict[str, float]) -> bool:
+    return all(resources.get(k, 0.0) >= v for k, v in need.items() if v > 0)
+
+
+def _need(spec: StudySpec) -> dict[str, float]:
+    return {"CPU": spec.cpus_per_trial or 1.0, "GPU": spec.gpus_per_trial}
+
+
+def resolve_cpus(spec: StudySpec, nodes: list[dict[str, Any]], types: list | tuple = ()) -> StudySpec:
     """``--cpus-per-trial auto``: share the CPUs of the nodes that can host a trial (enough GPUs) among the
     trials that run at once, whole CPUs, at least 1 and at most the smallest such node's CPUs (so every
     such node can take a trial). One trial on a machine then trains with all its cores, where a fixed 1
-    would leave torch one thread (Ray sets OMP_NUM_THREADS from the trial's CPUs)."""
+    would leave torch one thread (Ray sets OMP_NUM_THREADS from the trial's CPUs). On an autoscaling cluster
+    (``types``: ``study.cluster.NodeType``) the node types the autoscaler can launch count as well, each with
+    its most nodes: the cluster the study will run on, not the head it starts on."""
     if spec.cpus_per_trial is not None:
         return spec
-    hosts = [n["resources"].get("CPU", 0.0) for n in nodes
-             if n["resources"].get("GPU", 0.0) >= spec.gpus_per_trial and n["resources"].get("CPU", 0.0) >= 1]
-    if not hosts:
+
+    def hosts_trial(res):
+        return res.get("GPU", 0.0) >= spec.gpus_per_trial and res.get("CPU", 0.0) >= 1
+
+    live = [n["resources"].get("CPU", 0.0) for n in nodes if hosts_trial(n["resources"])]
+    grown = [(t.resources["CPU"], t.max_workers) for t in types
+             if t.launchable and t.max_workers > 0 and hosts_trial(t.resources)]
+    smallest = [*live, *(c for c, _ in grown)]
+    if not smallest:
         cpus = 1.0  # check_resources then names what is missing
     else:
-        cpus = float(max(1, min(int(sum(hosts) // spec.slots), int(min(hosts)))))
+        total = max(sum(live), sum(c * k for c, k in grown))
+        cpus = float(max(1, min(int(total // spec.slots), int(min(smallest)))))
     return replace(spec, cpus_per_trial=cpus)
 
 
-def check_resources(spec: StudySpec, nodes: list[dict[str, Any]]) -> None:
-    """Refuse a study no node can ever host, instead of leaving its trials pending forever."""
-    need = {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial}
-    if any(all(n["resources"].get(k, 0.0) >= v for k, v in need.items() if v > 0) for n in nodes):
-        return
-    most = {k: max((n["resources"].get(k, 0.0) for n in nodes), default=0.0) for k in need}
-    missing = [f"{v:g} {k}" + (f" (the largest node has {most[k]:g})") for k, v in need.items() if v > most[k]]
+def check_resources(spec: StudySpec, nodes: list[dict[str, Any]], types: list | tuple = (),
+                    autoscaling: bool = False) -> str | None:
+    """Refuse a study no node can ever host, instead of leaving its trials pending forever. ``types``: the node
+    types the autoscaler can launch (``study.cluster.node_types``); ``autoscaling``: an autoscaler runs. Returns
+    None when a live node can host a trial, or the one line to print when the study will wait for the
+    autoscaler to add a node."""
+    need = _need(spec)
+    if any(_fits(n["resources"], need) for n in nodes):
+        return None
+    launchable = [t for t in types if t.launchable]
+    fitting = [t for t in launchable if t.resources and _fits(t.resources, need)]
+    if fitting:
+        return ("no node that can host a trial is up yet; the autoscaler can add " + ", ".join(t.name for t in fitting)
+                + ": the study starts and its trials wait for those nodes")
+    unknown = [t for t in launchable if not t.resources]
+    if autoscaling and (unknown or not types):
+        what = (f"node types {', '.join(t.name for t in unknown)} leave their resources to the cloud provider" if unknown
+                else "its node types are not visible to this driver")
+        return (f"no live node can host a trial and the cluster autoscales ({what}): the study starts and its trials "
+                "wait for a node that fits; `ray status` shows them pending if none ever comes")
+    pool = [n["resources"] for n in nodes] + [t.resources for t in launchable]
+    most = {k: max((r.get(k, 0.0) for r in pool), default=0.0) for k in need}
+    where = "node of the cluster" + (" nor node type its autoscaler can launch" if launchable else "")
+    if need["GPU"] > 0 and most["GPU"] == 0:
+        raise StudyError(f"no {where} has a GPU, and each trial asks for {need['GPU']:g} GPU: drop --gpus-per-trial "
+                         "(trials then train on CPUs) or add GPU nodes (a GPU worker type in the cluster config)")
+    largest = "the largest node" + (" or node type" if launchable else "")
+    missing = [f"{v:g} {k} ({largest} has {most[k]:g})" for k, v in need.items() if v > most[k]]
     raise StudyError(
-        f"no node of the cluster can run one trial: each trial asks for {', '.join(missing) or need}. Lower "
+        f"no {where} can run one trial: each trial asks for {', '.join(missing) or need}. Lower "
         "--cpus-per-trial/--gpus-per-trial (fractional GPUs such as 0.5 let trials share one) or add bigger nodes.")
+
+
+def describe_cluster(spec: StudySpec, nodes: list[dict[str, Any]], types: list | tuple, source: str) -> list[str]:
+    """``--dry-run`` on a cluster: the live nodes, and which node types the autoscaler can launch host a trial."""
+    need = _need(spec)
+    hosts = sum(_fits(n["resources"], need) for n in nodes)
+    lines = [f"cluster    {len(nodes)} live node(s), {hosts} of them can host a trial "
+             f"({need['CPU']:g} CPU + {need['GPU']:g} GPU)"]
+    if types:
+        lines.append(f"node types (from {source}):")
+        for t in types:
+            if not t.launchable:
+                verdict = "not launched by the autoscaler"
+            elif not t.resources:
+                verdict = "resources filled in by the provider: may host a trial"
+            else:
+                verdict = "can host a trial" if _fits(t.resources, need) else "cannot host a trial"
+            lines.append(f"  {t.describe()}: {verdict}")
+    return lines
 
 
 def _pruning_lines(spec: StudySpec, space: SearchSpace, rungs: list[int], peak_epoch: float) -> list[str]:
