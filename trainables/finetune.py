@@ -3,7 +3,10 @@
 Ray-agnostic: it talks only to a reporter. Per validation point (``evals_per_epoch`` per epoch) it
 reports ``epoch, lr, train_loss, train_acc, clean_acc, robust_acc, best_robust_acc, train_eps,
 grad_passes, epoch_seconds`` (+ ``status``, ``stop_reason`` and guard figures) with a checkpoint
-folder holding ``last.pt`` (to resume) and ``best.pt`` (best robust validation accuracy).
+folder holding ``last.pt`` (to resume) and ``best.pt`` (best robust validation accuracy). With
+``ema_decay`` the averaged model (trainables/ema.py) is the one validated, guarded and saved as
+``best.pt``; a model that collapses to a constant classifier ends as ``diverged``
+(trainables/collapse.py).
 
 Cost unit: ``grad_passes`` counts forward+backward passes of single images during training
 (natural step: 1 per image; PGD-k: k+1; FGSM-RS: 2; free: 1 per replay; TRADES: k+2).
