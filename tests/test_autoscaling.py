@@ -158,3 +158,9 @@ def test_study_waits_for_gpu_nodes_runs_on_them_and_survives_losing_one(autoscal
     trained = (moved.directory / "epochs_trained.log").read_text().split()
     assert trained == [str(e) for e in range(1, EPOCHS + 1)], trained  # resumed from its last epoch
     assert (study / "export").is_dir() and any((study / "export").iterdir())
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        workers = {n["NodeID"]: n["Alive"] for n in ray.nodes() if n["NodeID"].startswith(FAKE_ID)}
+    finally:
+        ray.shutdown()
+    assert workers[lost] is False and sum(workers.values()) >= 2, workers  # the autoscaler replaced the lost node
