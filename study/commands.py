@@ -214,11 +214,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace, base=None):
     """`advtune run` and ``advtune.run_study``: resolve, check and run a study. ``base``: the base TrialConfig
     (default: ``--config`` and ``--set``). Returns the StudySpec, or None for ``--dry-run``."""
-    from advtune.study.cli import _load_config
-
     from .spec import build_spec, describe
 
-    spec, space = build_spec(args, base if base is not None else _load_config(args))
+    if base is None:  # --config and --set, read as every command reads them (not imported from cli: cli imports us)
+        from advtune.trainables.config import TrialConfig
+
+        base = TrialConfig.from_yaml(args.config) if args.config else TrialConfig()
+        base = base.with_overrides(args.set) if args.set else base
+    spec, space = build_spec(args, base)
     from advtune.trainables.user_code import check_importable
 
     check_importable(spec.base_config)  # a model or dataset import path that fails is refused before Ray starts

@@ -13,27 +13,22 @@ missing or unexpected is reported.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .atomic_files import CheckpointError, write_atomic as _write_atomic
 from .load_report import LoadReport, _short, loaded_fraction
 
 __all__ = ["CheckpointError", "LoadReport", "load_file", "save_atomic", "versions", "load_starting_point",
            "extract_state_dict", "FORMAT"]
 
 FORMAT = "advtune-checkpoint-v1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message names the file, the problem and the fix."""
 
 
 def versions() -> dict[str, str]:
@@ -56,19 +51,6 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 def copy_atomic(src: str | Path, path: str | Path) -> None:
     """Copy ``src`` to ``path`` through a temporary file and a rename: readers see the old file or the new one."""
     _write_atomic(path, lambda tmp: shutil.copyfile(src, tmp))
-
-
-def _write_atomic(path: str | Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_file(path: str | Path, trust: bool = False) -> Any:

@@ -29,7 +29,7 @@ def read(path: str | Path) -> SafetensorsState:
     """The tensors of ``path`` on the CPU; a damaged file is a CheckpointError naming it."""
     from safetensors import safe_open
 
-    from .checkpoints import CheckpointError
+    from .atomic_files import CheckpointError
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
@@ -46,7 +46,7 @@ def write(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, 
     """Save ``state`` (contiguous CPU copies: safetensors stores neither views nor shared storage)."""
     from safetensors.torch import save_file
 
-    from .checkpoints import _write_atomic
+    from .atomic_files import write_atomic as _write_atomic
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     _write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
