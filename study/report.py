@@ -15,6 +15,7 @@ Writes into ``STUDY/report`` (or ``--out``)::
     history.png     best selection figure so far against trials finished and against grad passes spent
     index.html      all of the above (images embedded as data URIs) with a summary and the top-k table
     trials.csv      every trial (searched values, state, why stopped, selection/strong/clean figures, grad passes)
+    trial-KK-ID.png each top trial's curves (accuracy, loss, LR with its schedule, epsilon), in its page section
 
 Accuracies are shown in %, epsilons in pixel units (images in [0, 1]), compute in grad passes
 (forward+backward passes over images).
@@ -72,7 +73,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
     plots = [
         _schedules(out_dir, marker, top),
         _pareto(out_dir, records, top, front),
-        _curves(out_dir, spec, records),
+        _curves(out_dir, spec, records, top),
         imp_png,
         int_png,
         _params(out_dir, ranked, names, dists),
@@ -87,6 +88,9 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
 
     sections = [report_html.front_section(front, study_dir)] if front else []
     sections.append(report_html.all_trials_section(status_rows(records, final, objective), names))
+    from .report_trials import trial_sections
+
+    sections.append(trial_sections(out_dir, marker, top, final, study_dir, report_html.data_uri))
     page = report_html.render(marker, records, top, names, summary, plots, out_dir, study_dir, final, notes=notes,
                               sections=sections)
     index = out_dir / "index.html"
@@ -248,8 +252,11 @@ def _pareto(out_dir: Path, records: list[TrialRecord], top: list[TrialRecord],
     return "pareto.png"
 
 
-def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord]) -> str:
+def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord], top: list[TrialRecord] = ()) -> str:
+    """``top``: the report's top trials, drawn thicker and named at their last validation ("#1 id")."""
     from matplotlib.lines import Line2D
+
+    from .report_strong import separate_labels
 
     from .pruning import trial_rung_epochs
     from .spec import asha_rungs
@@ -265,13 +272,19 @@ def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord]) -> 
     if rungs:  # named on a top axis, where no curve can run over the labels
         top_axis = ax.secondary_xaxis("top")
         top_axis.set_xticks(rungs, [f"rung {r:g}" for r in rungs], fontsize=8, color="dimgrey")
-    stopped_other = False
+    stopped_other, names = False, []
     for r in records:
         pts = [(m["epoch"], _pct(m["robust_acc"])) for m in r.metrics if isinstance(m.get("robust_acc"), (int, float))]
         if not pts:
             continue
         color = STATE_COLORS.get(r.state, "grey")
-        ax.plot(*zip(*pts), color=color, lw=1.5, alpha=0.8, marker="o", ms=3, zorder=2)
+        rank = next((i for i, t in enumerate(top, 1) if t.trial_id == r.trial_id), None)
+        ax.plot(*zip(*pts), color=color, lw=2.6 if rank else 1.2, alpha=1.0 if rank else 0.55, marker="o",
+                ms=4 if rank else 3, zorder=3 if rank else 2)
+        if rank:
+            names.append(ax.annotate(f"#{rank} {r.trial_id}", pts[-1], xytext=(6, 0), textcoords="offset points",
+                                     fontsize=8, va="center", fontweight="bold",
+                                     arrowprops=dict(arrowstyle="-", lw=0.5, color="grey", shrinkA=0, shrinkB=3)))
         if own_rungs:  # where ASHA compared this trial: its first validation at or after each of its rungs
             met = [next((p for p in pts if p[0] >= e - 1e-9), None) for e in trial_rung_epochs(spec, r.params)]
             met = [p for p in met if p is not None]
@@ -297,12 +310,15 @@ def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord]) -> 
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     ax.set_xlabel("epoch")
     ax.set_ylabel("robust validation accuracy (%)")
-    ax.set_xlim(0, spec["max_epochs"] + 0.3)
+    ax.set_xlim(0, spec["max_epochs"] + (0.3 + 0.12 * spec["max_epochs"] if top else 0.3))  # room for the names
     ax.set_ylim(0, ax.get_ylim()[1] * 1.05)
     ax.set_xticks(range(0, spec["max_epochs"] + 1, max(1, math.ceil(spec["max_epochs"] / 12))))
     ax.grid(alpha=0.3)
-    ax.set_title(f"Robust validation accuracy per epoch ({_threat(spec)}); ASHA keeps the top "
-                 f"1/{spec['reduction_factor']} at each rung (rule: {spec.get('pruning', 'epoch')})")
+    ax.set_title(f"Robust validation accuracy per epoch ({_threat(spec)})\nASHA keeps the top "  # two lines: fits
+                 f"1/{spec['reduction_factor']} at each rung (rule: {spec.get('pruning', 'epoch')})"
+                 + (f"; the top {len(top)} trials named" if top else ""))
+    if names:
+        separate_labels(fig, names)
     _save(fig, out_dir, "curves.png")
     return "curves.png"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .records import TrialRecord
 
-__all__ = ["render", "front_section", "CAPTIONS"]
+__all__ = ["render", "front_section", "all_trials_section", "data_uri", "CAPTIONS"]
 
 # file -> (alt text, one-line caption saying how to read the plot)
 CAPTIONS = {
@@ -64,6 +64,7 @@ figcaption { color: #444; font-size: 0.92em; margin-top: 0.3em; }
 table { border-collapse: collapse; font-size: 0.9em; } th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; }
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.95em; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; } section.trial { margin: 1.5em 0 2.5em; }
 .state { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 50%; margin-right: 0.35em; }
 th, td { white-space: nowrap; } .wide { overflow-x: auto; max-width: 100%; }
 table.sortable th { cursor: pointer; } table.sortable th:hover { background: #e4e4e4; }
@@ -105,7 +106,7 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
-def _data_uri(path: Path) -> str:
+def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
@@ -217,7 +218,7 @@ def render(marker: dict[str, Any], records: list[TrialRecord], top: list[TrialRe
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     notes = notes or {}
     figures = "\n".join(
-        f'<figure id="{_e(Path(p).stem)}">\n<img src="{_data_uri(out_dir / p)}" alt="{_e(CAPTIONS[p][0])}" '
+        f'<figure id="{_e(Path(p).stem)}">\n<img src="{data_uri(out_dir / p)}" alt="{_e(CAPTIONS[p][0])}" '
         f'data-file="{_e(p)}">\n<figcaption><b>{_e(p)}</b> — {_e(CAPTIONS[p][1] + notes.get(p, ""))}</figcaption>'
         '\n</figure>' for p in plots)
     items = "\n".join(f"<li>{line}</li>" for line in _summary(marker, records, top, summary))

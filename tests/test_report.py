@@ -74,7 +74,8 @@ def test_every_plot_is_a_readable_png(report):
 def test_html_embeds_every_plot_once(report):
     page = (report / "index.html").read_text(encoding="utf-8")
     imgs = re.findall(r"<img\b[^>]*>", page)
-    assert len(imgs) == len(PLOTS)
+    trial_imgs = [t for t in imgs if 'data-file="trial-' in t]
+    assert len(imgs) == len(PLOTS) + len(trial_imgs) and len(trial_imgs) == TOP_K  # one per top trial
     for name in PLOTS:
         mine = [tag for tag in imgs if f'data-file="{name}"' in tag]
         assert len(mine) == 1, name
@@ -266,7 +267,7 @@ def test_page_loads_in_headless_chromium_without_console_errors(report, study, t
     urls = [ev["params"]["request"]["url"] for ev in cdp.events if ev.get("method") == "Network.requestWillBeSent"]
     assert all(u.split(":", 1)[0] in ("file", "data") for u in urls), [u[:80] for u in urls]
     assert seen["title"] == "advtune report: small" and seen["h1"] == "advtune report: small"
-    assert sorted(str(i[0]) for i in seen["imgs"]) == sorted(PLOTS)
+    assert sorted(str(i[0]) for i in seen["imgs"] if not str(i[0]).startswith("trial-")) == sorted(PLOTS)
     for name, complete, width, alt in seen["imgs"]:
         assert complete and width >= 600 and alt, (name, complete, width, alt)
     assert seen["height"] > 2000  # the whole report laid out, not an error page
@@ -317,3 +318,18 @@ def test_report_writes_every_trial_as_csv(report, study):
     marker = json.loads((study / MARKER).read_text())
     assert all(f"param.{n}" in rows[0] for n in marker["space_params"])
     assert [r["trial_id"] for r in rows][:TOP_K] == [r.trial_id for r in ranked(study)][:TOP_K]
+
+
+def test_each_top_trial_has_a_section_with_its_curves_config_and_rerun_command(report, study):
+    page = (report / "index.html").read_text(encoding="utf-8")
+    best = ranked(study)[:TOP_K]
+    for rank, rec in enumerate(best, 1):
+        start = page.index(f'<section class="trial" id="trial-{rec.trial_id}">')
+        section = page[start:page.index("</section>", start)]
+        assert f"#{rank} <code>{rec.trial_id}</code>" in section
+        assert f'data-file="trial-{rank:02d}-{rec.trial_id}.png"' in section
+        assert (report / f"trial-{rank:02d}-{rec.trial_id}.png").stat().st_size > 10_000
+        assert f"advtune train --config {study / 'export' / f'{rank:02d}-{rec.trial_id}.yaml'}" in section
+        assert "full config" in section and "peak_lr:" in section
+        for k in rec.params:
+            assert f"<code>{k}=" in section
