@@ -13,7 +13,7 @@ import pytest
 from advtune.study.errors import StudyError
 from advtune.study.trackers import mlflow_uri, parse_trackers
 
-TINY_STUDY = ["--num-samples", "2", "--max-epochs", "1", "--concurrency", "2", "--cpus-per-trial", "1",
+TINY_STUDY = ["--num-samples", "2", "--max-epochs", "2", "--concurrency", "2", "--cpus-per-trial", "1",
               "--set", "pretrained=none", "--set", "train_steps=2", "--set", "val_steps=3",
               "--final-attack", "pgd", "--final-images", "32"]
 
