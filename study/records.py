@@ -11,7 +11,8 @@ Layout of a study directory::
     trials/<id>/history.jsonl the metrics of every checkpointed epoch, written by the trial itself before
                               its checkpoint (what a killed driver had not recorded comes back from it)
     trials/<id>/best.pt, last.pt
-    tensorboard/<id>/         scalars of every metric + an HParams session per trial
+    tensorboard/<id>/         scalars of the metrics + the trial's HParams session (its own event file)
+    tensorboard/_hparams/     the study's HParams experiment (the columns: searched values, state, metrics)
     export/                   `advtune export` output
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = ["MARKER", "StudyRecords", "TrialRecord", "read_marker", "FINAL_STATES
 MARKER = "advtune_study.json"
 FINAL_STATES = ("completed", "pruned", "diverged", "catastrophic_overfitting", "error")
 _TB_METRICS = ("best/robust_acc", "best/clean_acc", "final/robust_acc", "final/clean_acc", "final/grad_passes",
-               "epochs_run")
+               "epochs_run")  # the HParams metrics (columns) of every trial's row
 # Written later, by the study's final strong evaluation (study/final_eval.py), for the trials it evaluates.
 # Declared in every trial's HParams session from the start: TensorBoard takes the metric columns from one
 # trial's session and keeps the first HParams summary of a run, so they cannot be added afterwards.
@@ -39,7 +40,18 @@ STRONG_METRICS = ("final/strong_robust_acc", "final/strong_gap")
 EXPERIMENT_RUN = "_hparams"
 # Per-epoch values that are bookkeeping (wall clock, threads) or repeat the HParams metrics best/*: kept in
 # metrics.jsonl, not drawn as scalars.
-_NOT_SCALARS = ("timestamp", "time_total_s", "torch_threads", "best_robust_acc", "best_clean_acc", "best_epoch")
+_NOT_SCALARS = ("timestamp", "time_total_s", "torch_threads", "best_epoch")
+_RENAMED = {"best_robust_acc": "best/robust_acc", "best_clean_acc": "best/clean_acc"}  # the HParams metrics' names
+# A trial's HParams session lives in an event file of its own: "<...>.running-session" while it runs, then this
+# name, which sorts before every event file TensorBoard or torch writes ("events.out.tfevents.<10-digit time>...")
+_RUNNING_SUFFIX = ".running-session"
+_FINAL_SESSION = "events.out.tfevents.0000000000.advtune-session"
+
+
+def _hp(params: dict[str, Any], state: str) -> dict[str, Any]:
+    hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+    hp["state"] = state
+    return hp
 
 
 def read_marker(study_dir: str | Path) -> dict[str, Any]:
@@ -107,6 +119,10 @@ class StudyRecords:
     # --- writing ---------------------------------------------------------------------------------------
     def on_start(self, trial_id: str, params: dict[str, Any]) -> None:
         _write_json(self.trial_dir(trial_id) / "params.json", params)
+        if self.tensorboard:  # the HParams row appears now, with state "running", and fills in epoch by epoch
+            hp = _hp(params, "running")
+            self._experiment(hp, [*_TB_METRICS, *STRONG_METRICS])
+            self._session(trial_id, hp, final=False)
 
     def on_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
         keep = {k: v for k, v in metrics.items() if k in _METRIC_KEYS}
@@ -170,27 +186,47 @@ class StudyRecords:
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and k not in _NOT_SCALARS \
                     and math.isfinite(v):
-                w.add_scalar(k, v, step)
+                w.add_scalar(_RENAMED.get(k, k), v, step)
+        w.add_scalar("epochs_run", float(metrics["epoch"]), step)  # the HParams row's column, while it runs
         w.flush()
 
     def _hparams(self, rec: TrialRecord) -> None:
-        from torch.utils.tensorboard.summary import hparams
-
         best, last = rec.best or {}, (rec.metrics[-1] if rec.metrics else {})
         values = {"best/robust_acc": best.get("robust_acc", 0.0), "best/clean_acc": best.get("clean_acc", 0.0),
                   "final/robust_acc": last.get("robust_acc", 0.0), "final/clean_acc": last.get("clean_acc", 0.0),
                   "final/grad_passes": float(rec.grad_passes), "epochs_run": float(rec.epochs_run)}
-        hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in rec.params.items()}
-        hp["state"] = rec.state
-        w = self._writer(rec.trial_id)
-        _, session_start, session_end = hparams(hp, {**values, **dict.fromkeys(STRONG_METRICS, 0.0)})
-        for summary in (session_start, session_end):
-            w.file_writer.add_summary(summary)
+        hp = _hp(rec.params, rec.state)
         self._experiment(hp, [*values, *STRONG_METRICS])
+        self._session(rec.trial_id, hp, final=True)
+        w = self._writer(rec.trial_id)
         step = int(rec.epochs_run) if rec.metrics else 0
         for k, v in values.items():
             w.add_scalar(k, v if math.isfinite(v) else 0.0, step)
         w.flush()
+
+    def _session(self, trial_id: str, hp: dict[str, Any], final: bool) -> None:
+        """The trial's HParams session (its row): written at its start with state "running", replaced at its
+        end. TensorBoard keeps the first session summary of a run, reading its event files in name order: the
+        final one is renamed to sort first (:data:`_FINAL_SESSION`) and the running one removed, so a
+        TensorBoard (re)started after the trial ended shows its final state (one left open keeps "running"
+        until it restarts)."""
+        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.writer import FileWriter
+
+        run = self.study_dir / "tensorboard" / trial_id
+        if (run / _FINAL_SESSION).exists() or (not final and list(run.glob("*" + _RUNNING_SUFFIX))):
+            return  # a resumed driver restarting the trial: its row is already there
+        suffix = ".final-session" if final else _RUNNING_SUFFIX
+        writer = FileWriter(str(run), filename_suffix=suffix)
+        _, start, end = hparams(hp, dict.fromkeys([*_TB_METRICS, *STRONG_METRICS], 0.0))  # metric names only
+        writer.add_summary(start)
+        if final:
+            writer.add_summary(end)
+        writer.close()
+        if final:
+            os.replace(next(run.glob("*" + suffix)), run / _FINAL_SESSION)
+            for old in run.glob("*" + _RUNNING_SUFFIX):
+                old.unlink()
 
     def _experiment(self, hp: dict[str, Any], metrics: list[str]) -> None:
         """Declare, once per study, every searched parameter (the study marker's ``space_params``, so a

@@ -20,18 +20,34 @@ def _epoch(e: int) -> dict:
 
 
 
+def _session_and_scalars(run):
+    import pytest
+
+    ea = EventAccumulator(str(run))
+    ea.Reload()
+    start = plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    return start, {t: [pytest.approx(e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
 def test_one_experiment_declares_every_parameter_and_metric_and_scalars_skip_bookkeeping(tmp_path):
     (tmp_path / MARKER).write_text(json.dumps({"advtune_study": 1, "spec": {},
                                                "space_params": ["peak_lr", "schedule", "warmup"]}))
     rec = StudyRecords(tmp_path)
-    # the first trial to end did not draw warmup (conditional on its schedule)
+    # the first trial to start did not draw warmup (conditional on its schedule)
     for tid, params in (("a", {"peak_lr": 0.02, "schedule": "cosine"}),
                         ("b", {"peak_lr": 0.05, "schedule": "sfd", "warmup": 0.1})):
         rec.on_start(tid, params)
         for e in (1, 2):
             rec.on_result(tid, _epoch(e))
+        if tid == "b":  # while it runs, its HParams row is there, with its metrics so far
+            live = _session_and_scalars(tmp_path / "tensorboard" / "b")
+            assert live[0].session_start_info.hparams["state"].string_value == "running"
+            assert live[1]["best/robust_acc"] == [0.31, 0.32] and live[1]["epochs_run"] == [1.0, 2.0]
         rec.on_end(tid, "completed" if tid == "a" else "pruned")
     rec.close()
+    ended = _session_and_scalars(tmp_path / "tensorboard" / "b")
+    assert ended[0].session_start_info.hparams["state"].string_value == "pruned"  # a TensorBoard started now
+    assert len([f for f in (tmp_path / "tensorboard" / "b").iterdir() if "session" in f.name]) == 1
     tb = tmp_path / "tensorboard"
     exp_runs = []
     for run in sorted(p for p in tb.iterdir() if p.is_dir()):
