@@ -75,8 +75,11 @@ def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path
            strong: dict[str, Any] | None = None, as_stopped: bool = False) -> dict[str, Any]:
     from .final_eval import GAP_WARNING
 
-    checkpoint = _checkpoint(study_dir, marker, rec)
-    cfg, rerun = _rerun(rec, trial_config(marker, rec), checkpoint, as_stopped)
+    checkpoint = _portable(_checkpoint(study_dir, marker, rec), marker, study_dir, path.parent)
+    cfg = trial_config(marker, rec)
+    if cfg.pretrained:
+        cfg = cfg.replace(pretrained=_portable(cfg.pretrained, marker, study_dir, path.parent))
+    cfg, rerun = _rerun(rec, cfg, checkpoint, as_stopped)
     best = rec.best or {}
     strong_metrics = {"strong_robust_acc": None} if strong is None else {
         "strong_robust_acc": strong["robust_acc"], "strong_clean_acc": strong["clean_acc"],
@@ -90,6 +93,7 @@ def _entry(study_dir: Path, marker: dict[str, Any], rec: TrialRecord, path: Path
         "metrics": {"epoch": best.get("epoch"), "clean_acc": best.get("clean_acc"), "robust_acc": best.get("robust_acc"),
                     "grad_passes_total": rec.grad_passes, "epochs_run": rec.epochs_run, **strong_metrics},
         "checkpoint": checkpoint,
+        "paths": PATHS_NOTE,
         "command": f"advtune train --config {path} --out runs/rerun-{rec.trial_id}",
         "rerun": rerun,
         "config": cfg.to_dict(),
@@ -103,6 +107,32 @@ def _load_report(rec: TrialRecord) -> dict[str, Any] | None:
 
     report = read_report(rec.directory)
     return report.to_dict() if report is not None else None
+
+
+PATHS_NOTE = ("checkpoint and config.pretrained, where they are files of the study, are relative to this file's "
+              "folder (advtune train --config resolves them so), so a copied or moved study's exports rerun")
+
+
+def _portable(value: str, marker: dict[str, Any], study_dir: Path, base: Path) -> str:
+    """A path of a file inside the study, written relative to ``base`` (the export's folder); anything else (a
+    URI, a file outside the study, ``auto``, ``torchvision:DEFAULT``) as it is. The marker holds paths as they
+    were where the study ran; the study may since have been copied or moved to ``study_dir``."""
+    import os
+
+    if "://" in value or not os.path.isabs(value):
+        return value
+    spec = marker.get("spec", {})
+    roots = [Path(study_dir).resolve()]
+    if spec.get("storage_path") and spec.get("name") and "://" not in str(spec["storage_path"]):
+        roots.append(Path(spec["storage_path"]) / spec["name"])  # where the study was when it ran
+    for root in roots:
+        try:
+            inside = Path(value).relative_to(root)
+        except ValueError:
+            continue
+        rel = os.path.relpath(Path(study_dir).resolve() / inside, Path(base).resolve())
+        return rel if rel.startswith("../") else "./" + rel  # the prefix marks it relative for from_yaml
+    return value
 
 
 def _checkpoint(study_dir: Path, marker: dict[str, Any], rec: TrialRecord) -> str:

@@ -210,7 +210,10 @@ class TrialConfig:
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
-            data = data["config"]  # an `advtune export` entry: its config is under `config`
+            data = dict(data["config"])  # an `advtune export` entry: its config is under `config`
+            pre = data.get("pretrained")  # a file of the study, written relative to the entry (study/export.py)
+            if isinstance(pre, str) and pre.startswith(("./", "../")):
+                data["pretrained"] = str((path.parent / pre).resolve())
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of key: value, got {type(data).__name__}")
         try:
