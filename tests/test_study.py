@@ -91,7 +91,7 @@ def test_status_and_export_work_without_a_cluster(study, capsys):
     # ranked by the final strong evaluation's figure, both figures shown
     assert first["metrics"]["strong_robust_acc"] >= index["entries"][1]["metrics"]["strong_robust_acc"]
     assert "robust_acc" in first["metrics"] and "strong_robust_acc" in index["selection"]
-    assert Path(first["checkpoint"]).exists() and first["command"].startswith("advtune train --config ")
+    assert (out_dir / first["checkpoint"]).exists() and first["command"].startswith("advtune train --config ")  # relative to the export
     assert main(["export", str(study), "--pareto", "--format", "json", "--out", str(out_dir)]) == 0
     front = json.loads((out_dir / "pareto.json").read_text())["entries"]
     for a in front:  # no exported point is dominated by another trial
