@@ -108,4 +108,5 @@ def make_rule(name: str, grace_epochs: int, full_strength_grace: float, reductio
     if name not in RULES:
         raise ValueError(f"unknown pruning rule {name!r}; one of {', '.join(RULES)}")
     grace = grace_epochs if name == "epoch" else full_strength_grace
-    return PruningRule(name, float(grace), reduction_factor, max_epochs)
+    # Ray's ASHA wants grace <= max_t; a first rung at or past the last epoch means no rung (nothing pruned)
+    return PruningRule(name, float(min(grace, max_epochs)), reduction_factor, max_epochs)

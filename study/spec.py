@@ -170,9 +170,9 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
     if pruning == "auto":
         pruning = default_rule_for({p.name for p in space.params})
     fs_grace = getattr(args, "full_strength_grace", None) or DEFAULT_FULL_STRENGTH_GRACE
-    if fs_grace <= 0 or fs_grace >= args.max_epochs:
-        raise StudyError(f"--full-strength-grace {fs_grace:g} is out of range: it must be above 0 and below "
-                         f"--max-epochs {args.max_epochs}")
+    if fs_grace <= 0:
+        raise StudyError(f"--full-strength-grace {fs_grace:g} is out of range: it must be above 0 (epochs at full "
+                         "strength before ASHA's first rung; at or above --max-epochs nothing is pruned)")
     warm = tuple(str(Path(d).expanduser().resolve()) for d in getattr(args, "warm_start", None) or ())
     spec = StudySpec(name=name, space=str(space.source), base_config=base, num_samples=args.num_samples,
                      max_epochs=args.max_epochs, grace_period=grace, requested_grace=args.grace_period or 1,

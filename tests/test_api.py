@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_run_study_refuses_what_the_cli_refuses_with_typed_errors(tmp_path, caps
 
 
 def test_load_study_reads_the_shared_small_study_into_pandas(small_study):
-    from advtune.study.export import export, load_study as records_of
+    from advtune.study.export import load_study as records_of
     from advtune.study.final_eval import load_final
 
     study = advtune.load_study(small_study)
@@ -77,11 +78,17 @@ def test_load_study_reads_the_shared_small_study_into_pandas(small_study):
         else:
             assert row["strong_robust_acc"] is None or row["strong_robust_acc"] != row["strong_robust_acc"]  # NaN
     # best = what `advtune export` puts first; the rows are in that ranking
-    entries = json.loads(export(small_study, top_k=6, fmt="json", out=small_study.parent / "api-export")[0].read_text())
+    paths = study.export(top_k=6, format="json", out=small_study.parent / "api-export")  # `advtune export`'s files
+    entries = json.loads(paths[0].read_text())
+    assert len(paths) == 1 + len(entries["entries"]) and all(p.exists() for p in paths)
     assert study.best.trial_id == entries["entries"][0]["trial_id"]
     assert list(df["trial_id"][: len(entries["entries"])]) == [e["trial_id"] for e in entries["entries"]]
     assert study.best.config == advtune.Study(small_study).trial(study.best.trial_id).config
-    assert study.best.config.to_dict() == entries["entries"][0]["config"]
+    mine, exported = study.best.config.to_dict(), entries["entries"][0]["config"]
+    assert {k: v for k, v in mine.items() if k != "pretrained"} == {k: v for k, v in exported.items() if k != "pretrained"}
+    # the starting point: an absolute path here (reruns from anywhere), the same file as the export names
+    assert Path(mine["pretrained"]).is_absolute()
+    assert (paths[0].parent / exported["pretrained"]).resolve() == Path(mine["pretrained"]).resolve()
     # history: the trial's metrics.jsonl, one row per validation
     hist = study.history(study.best.trial_id)
     assert list(hist["epoch"]) == [m["epoch"] for m in next(r for r in records if r.trial_id == study.best.trial_id).metrics]
