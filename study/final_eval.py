@@ -240,7 +240,7 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
     final evaluation, or None when it is off or the search has not finished."""
     from .objectives import parse_objective
     from .records import StudyRecords
-    from .spec import asha_rungs
+    from .pruning import asha_rungs
 
     attack = getattr(spec, "final_attack", "auto")
     if attack == "none":

@@ -26,7 +26,17 @@ from typing import Any, Mapping
 from advtune.trainables.config import TrialConfig
 
 __all__ = ["RULES", "DEFAULT_RULE", "PruningRule", "full_strength_point", "rung_time", "default_rule_for",
-           "make_rule", "DEFAULT_FULL_STRENGTH_GRACE", "trial_rung_epochs"]
+           "make_rule", "DEFAULT_FULL_STRENGTH_GRACE", "trial_rung_epochs", "asha_rungs"]
+
+
+def asha_rungs(grace: int, reduction_factor: int, max_epochs: int) -> list[int]:
+    """The epochs at which ASHA compares trials (``grace·rf^k < max_epochs``)."""
+    rungs, r = [], grace
+    while r < max_epochs:
+        rungs.append(r)
+        r *= reduction_factor
+    return rungs
+
 
 RULES = {
     "epoch": "rungs at raw epochs, the first after the longest warmup/ramp the space allows",

@@ -12,6 +12,7 @@ from advtune.search_spaces import SearchSpace, load_space
 from advtune.trainables.config import TrialConfig
 
 from .errors import StudyError
+from .pruning import asha_rungs  # re-exported: its home is the pruning rules (a leaf module)
 
 __all__ = ["StudySpec", "asha_rungs", "min_grace", "describe", "check_storage", "check_resources",
            "SHARED_FS_TYPES", "describe_cluster"]
@@ -117,15 +118,6 @@ def min_grace(space: SearchSpace, base: TrialConfig, max_epochs: int) -> tuple[i
         names.append("peak_at")
     frac = space.max_fraction(*names, base=base)
     return max(1, math.ceil(frac * max_epochs - 1e-9)), frac * max_epochs
-
-
-def asha_rungs(grace: int, reduction_factor: int, max_epochs: int) -> list[int]:
-    """The epochs at which ASHA compares trials (``grace·rf^k < max_epochs``)."""
-    rungs, r = [], grace
-    while r < max_epochs:
-        rungs.append(r)
-        r *= reduction_factor
-    return rungs
 
 
 def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
