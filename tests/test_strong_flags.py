@@ -102,7 +102,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for seed in range(2):  # with the masked one, the 3 trials the rule needs
         run = root / f"seed{seed}"
-        assert main(["train", "--quiet", "--out", str(run), "--set", "pretrained=none", "--set", "epochs=3",
+        assert main(["train", "--quiet", "--out", str(run), "--set", "pretrained=none", "--set", "epochs=2",
                      "--set", "train_steps=4", "--set", "val_steps=5", "--set", "val_size=96",
                      "--set", f"seed={seed}"]) == 0
         out[f"normal{seed}"] = run / "best.pt"
@@ -117,9 +117,9 @@ def test_a_trial_that_masks_its_gradients_is_flagged_alone(checkpoints):
     pytest.importorskip("pyautoattack")
     from advtune.study.final_eval import evaluate_task
 
-    final = {"settings": {"attack": "apgd", "images": 48}, "trials": {}}
+    final = {"settings": {"attack": "apgd", "images": 32}, "trials": {}}
     for tid, path in checkpoints.items():
-        result = evaluate_task(str(path), "apgd", 48, 1)  # what each of the study's Ray tasks runs
+        result = evaluate_task(str(path), "apgd", 32, 1)  # what each of the study's Ray tasks runs
         sel = result["val_attack_acc"]
         final["trials"][tid] = _entry(TrialRecord(tid, {}, [{"epoch": 3, "robust_acc": sel}], "completed"), result)
     apply_flags(final)
