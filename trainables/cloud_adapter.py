@@ -191,7 +191,7 @@ def fetch(uri: str) -> str:
 
     import pyarrow.fs as pafs
 
-    from .pretrain import cache_dir
+    from .cache import cache_dir
 
     dest = cache_dir() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16] / uri.rsplit("/", 1)[-1]
     if dest.exists():

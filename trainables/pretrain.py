@@ -11,9 +11,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from .cache import cache_dir  # re-exported (study.storage and older callers import it from here)
 from .config import TrialConfig
 
 __all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained", "pretrain_into"]
@@ -29,10 +29,6 @@ _NOT_IN_KEY = frozenset({
     # fixed to one value by pretrain_config, so they tell no two pretrainings apart (and keeping them
     # out keeps the caches made before these keys existed valid)
     "eps_ramp_start", "label_smoothing", "ema_decay"})  # betas: pretraining always uses SGD
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ADVTUNE_CACHE", Path.home() / ".cache" / "advtune"))
 
 
 def pretrain_config(cfg: TrialConfig) -> TrialConfig:
