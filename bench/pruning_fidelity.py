@@ -172,7 +172,7 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
         rule = make_rule(rule_name, old_grace, grace or 1, rf, epochs)
         res = evaluate_rule(runs, rule, data["base"], epochs, seeds, n_images)
         out[label] = {**res, "rungs": rule.rungs(), "rule": rule_name, "grace": rule.grace, "rf": rf}
-        print(f"RATIO data={name} rule=\"{label}\" rungs={rule.rungs()} spearman={res['spearman']:.3f} "
+        print(f"RATIO data={name} rule=\"{label}\" rungs={','.join(f'{r:g}' for r in rule.rungs()) or 'none'} spearman={res['spearman']:.3f} "
               f"kendall={res['kendall']:.3f} best_survives={res['best_survives']:.2f} "
               f"regret_pts={res['regret_pts']:.2f} regret_images={res['regret_images']:.1f} "
               f"worst_regret_pts={res['worst_regret_pts']:.2f} compute={res['compute']:.2f}", flush=True)

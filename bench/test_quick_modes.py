@@ -52,12 +52,17 @@ PROMISES = {
         rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
         rf"^RATIO compute_scratch_over_finetune total={NUM} at_equal_robust={NUM} lower_bound={NUM}",
     ],
+    "pruning_fidelity.py": [
+        rf'^RATIO data=\S+ rule="{label}" rungs=\S+ spearman={NUM} kendall={NUM} best_survives={NUM} regret_pts={NUM} '
+        rf"regret_images={NUM} worst_regret_pts={NUM} compute={NUM}"
+        for label in (r"epoch \(old default\)", "full_strength g1 rf2")],
     "worker_memory.py": [rf"^RATIO release={r} first_peak_mb={NUM} last_peak_mb={NUM} growth_mb={NUM}" for r in ("off", "on")],
 }
 # numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
 # (at_equal_robust is nan when scratch never reaches fine-tuning's accuracy; the lower bound is then what counts)
 MUST_BE_FINITE = {"pick_holds.py": (), "importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": (),
-                  "worker_memory.py": (0, 1)}  # growth may be negative
+                  "worker_memory.py": (0, 1),  # growth may be negative
+                  "pruning_fidelity.py": (2, 6)}  # best_survives, compute (3 tiny configurations: ranks may tie)
 
 
 def test_every_benchmark_quick_mode_prints_its_ratios(tmp_path):

@@ -111,3 +111,11 @@ def test_default_rule_meets_the_fidelity_targets_on_the_recorded_digits_curves()
     assert res["best_survives"] >= 0.9
     assert res["regret_images"] <= 3
     assert res["compute"] <= 0.60
+
+
+def test_a_first_rung_past_the_last_epoch_prunes_nothing():
+    # a one-epoch study (or a grace at/after --max-epochs): no rung, and Ray's ASHA accepts the settings
+    rule = make_rule("full_strength", 1, 1.0, 2, 1)
+    assert rule.rungs() == []
+    assert make_rule("full_strength", 3, 5.0, 2, 4).rungs() == []
+    make_scheduler(rule, TrialConfig().to_dict())
