@@ -257,12 +257,17 @@ class Study:
         return ranked + [r for r in records if r not in ranked], final
 
     def _trial(self, rec, final) -> Trial:
-        from advtune.study.export import _checkpoint, trial_config
+        from advtune.study.export import _checkpoint, _portable, trial_config
         from advtune.study.final_eval import strong_of
 
+        cfg = trial_config(self.marker, rec)
+        if cfg.pretrained and Path(cfg.pretrained).is_absolute():
+            # the marker names the study's files where it ran; a copied or moved study has them here now
+            here = Path(self.directory).resolve()
+            cfg = cfg.replace(pretrained=str((here / _portable(cfg.pretrained, self.marker, here, here)).resolve()))
         return Trial(rec.trial_id, rec.state, rec.stop_reason, dict(rec.params), dict(rec.best or {}),
                      strong_of(final, rec.trial_id), rec.grad_passes, rec.epochs_run,
-                     _checkpoint(self.directory, self.marker, rec), trial_config(self.marker, rec))
+                     _checkpoint(self.directory, self.marker, rec), cfg)
 
     def trial_list(self) -> list[Trial]:
         """Every trial, best first."""

@@ -103,6 +103,16 @@ def test_load_study_reads_the_shared_small_study_into_pandas(small_study):
         study.history("nope")
 
 
+def test_a_moved_studys_best_config_names_its_starting_point_where_the_study_is_now(small_study, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(small_study, moved, ignore=shutil.ignore_patterns("tensorboard", "last.pt"))
+    best = advtune.load_study(moved).best
+    assert best.config.pretrained == str(moved.resolve() / "pretrained" / "best.pt")  # not the old folder's
+    assert best.checkpoint == str(moved / "trials" / best.trial_id / "best.pt")
+
+
 def test_load_study_refuses_a_folder_that_is_not_a_study(tmp_path):
     with pytest.raises(StudyError, match="is not an advtune study directory"):
         advtune.load_study(tmp_path)
