@@ -11,8 +11,10 @@ Layout of a study directory::
     trials/<id>/history.jsonl the metrics of every checkpointed epoch, written by the trial itself before
                               its checkpoint (what a killed driver had not recorded comes back from it)
     trials/<id>/best.pt, last.pt
-    tensorboard/<id>/         scalars of the metrics + the trial's HParams session (its own event file)
-    tensorboard/_hparams/     the study's HParams experiment (the columns: searched values, state, metrics)
+    tensorboard/<id> k=v ../  scalars of the metrics + the trial's HParams session (its own event file); the run
+                              is named by the trial id and its searched values (:func:`run_name`)
+    tensorboard/_hparams/     the study's HParams experiment (the columns: searched values, state, metrics) and
+                              the Custom Scalars layout (robust and clean accuracy first)
     export/                   `advtune export` output
 """
 from __future__ import annotations
@@ -20,11 +22,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "StudyRecords", "TrialRecord", "read_marker", "FINAL_STATES", "read_jsonl"]
+__all__ = ["MARKER", "StudyRecords", "TrialRecord", "read_marker", "FINAL_STATES", "read_jsonl", "run_name",
+           "tb_step", "LAYOUT"]
 
 MARKER = "advtune_study.json"
 FINAL_STATES = ("completed", "pruned", "diverged", "catastrophic_overfitting", "error")
@@ -40,12 +44,51 @@ STRONG_METRICS = ("final/strong_robust_acc", "final/strong_gap")
 EXPERIMENT_RUN = "_hparams"
 # Per-epoch values that are bookkeeping (wall clock, threads) or repeat the HParams metrics best/*: kept in
 # metrics.jsonl, not drawn as scalars.
-_NOT_SCALARS = ("timestamp", "time_total_s", "torch_threads", "best_epoch")
+_NOT_SCALARS = ("timestamp", "time_total_s", "torch_threads", "best_epoch", "lr_trace")
 _RENAMED = {"best_robust_acc": "best/robust_acc", "best_clean_acc": "best/clean_acc"}  # the HParams metrics' names
 # A trial's HParams session lives in an event file of its own: "<...>.running-session" while it runs, then this
 # name, which sorts before every event file TensorBoard or torch writes ("events.out.tfevents.<10-digit time>...")
 _RUNNING_SUFFIX = ".running-session"
 _FINAL_SESSION = "events.out.tfevents.0000000000.advtune-session"
+# TensorBoard's Scalars tab sorts a run's tags alphabetically (clean_acc, epochs_run, grad_passes, ..., robust_acc):
+# the tag names stay as they are (renaming them would break comparisons with earlier studies and every reader of
+# them), and the Custom Scalars tab gets this layout instead: validation accuracy first. Tags are regular
+# expressions there, hence the anchors (``robust_acc`` alone would also match best/robust_acc).
+LAYOUT = {
+    "1. validation (what ASHA and the search select on)": {
+        "robust_acc": ["Multiline", ["^robust_acc$"]], "clean_acc": ["Multiline", ["^clean_acc$"]],
+        "best/robust_acc": ["Multiline", ["^best/robust_acc$"]], "best/clean_acc": ["Multiline", ["^best/clean_acc$"]]},
+    "2. training": {
+        "lr (per ~1/50 epoch)": ["Multiline", ["^lr$"]], "train_eps": ["Multiline", ["^train_eps$"]],
+        "train_loss": ["Multiline", ["^train_loss$"]], "train_acc": ["Multiline", ["^train_acc$"]],
+        "overfitting guard: FGSM vs PGD-10 on a training batch": ["Multiline", ["^co_fgsm_acc$", "^co_pgd_acc$"]]},
+    "3. cost": {
+        "grad_passes": ["Multiline", ["^grad_passes$", "^guard_passes$"]],
+        "epoch_seconds": ["Multiline", ["^epoch_seconds$"]]},
+}
+_RUN_NAME_CHARS = 100  # at most, trial id included: a folder name (255 bytes) and a readable legend entry
+
+
+def tb_step(epoch: float) -> int:
+    """A TensorBoard step (an integer) for an epoch (possibly fractional with ``evals_per_epoch`` > 1):
+    milli-epochs, always, as ``advtune train`` writes them (trainables/reporting.py), so 1.5 and 2.0 are
+    1500 and 2000 on one axis."""
+    return int(round(float(epoch) * 1000))
+
+
+def run_name(trial_id: str, params: dict[str, Any]) -> str:
+    """The trial's TensorBoard run: its id and its searched values in the space's order, floats to 3 significant
+    digits (``ab12c_00003 peak_lr=0.02 warmup=0.1``), cut at a whole value past :data:`_RUN_NAME_CHARS`.
+    Fixed when the trial starts, unlike its rank, which changes while a study runs (renaming the folder would
+    split its curves in a TensorBoard left open)."""
+    name = trial_id
+    for k, v in params.items():
+        value = f"{v:.3g}" if isinstance(v, float) else str(v)
+        part = re.sub(r"[^\w.=+,-]", "_", f"{k}={value}")  # one path component, portable
+        if len(name) + 1 + len(part) > _RUN_NAME_CHARS:
+            break
+        name += " " + part
+    return name
 
 
 def _hp(params: dict[str, Any], state: str) -> dict[str, Any]:
@@ -107,9 +150,27 @@ class StudyRecords:
         self.study_dir = Path(study_dir)
         self.tensorboard = tensorboard
         self._writers: dict[str, Any] = {}
+        self._runs: dict[str, Path] = {}
 
     def __getstate__(self) -> dict:  # picklable with Tune's experiment state: no open writers
-        return {"study_dir": self.study_dir, "tensorboard": self.tensorboard, "_writers": {}}
+        return {"study_dir": self.study_dir, "tensorboard": self.tensorboard, "_writers": {}, "_runs": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"_runs": {}, **state})
+
+    def tensorboard_run(self, trial_id: str, params: dict[str, Any] | None = None) -> Path:
+        """The trial's TensorBoard run folder, ``tensorboard/<run_name>`` (its searched values from
+        ``params.json`` unless given); ``tensorboard/<id>`` for a study written before runs were named so."""
+        if trial_id not in self._runs:
+            root = self.study_dir / "tensorboard"
+            if (root / trial_id).is_dir():
+                self._runs[trial_id] = root / trial_id
+            else:
+                if params is None:
+                    path = self.study_dir / "trials" / trial_id / "params.json"
+                    params = json.loads(path.read_text()) if path.exists() else {}
+                self._runs[trial_id] = root / run_name(trial_id, params)
+        return self._runs[trial_id]
 
     def trial_dir(self, trial_id: str) -> Path:
         d = self.study_dir / "trials" / trial_id
@@ -121,6 +182,7 @@ class StudyRecords:
         _write_json(self.trial_dir(trial_id) / "params.json", params)
         if self.tensorboard:  # the HParams row appears now, with state "running", and fills in epoch by epoch
             hp = _hp(params, "running")
+            self.tensorboard_run(trial_id, params)
             self._experiment(hp, [*_TB_METRICS, *STRONG_METRICS])
             self._session(trial_id, hp, final=False)
 
@@ -174,15 +236,19 @@ class StudyRecords:
         if trial_id not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writers[trial_id] = SummaryWriter(str(self.study_dir / "tensorboard" / trial_id))
+            self._writers[trial_id] = SummaryWriter(str(self.tensorboard_run(trial_id)))
         return self._writers[trial_id]
 
     def _scalars(self, trial_id: str, metrics: dict[str, Any]) -> None:
         if not self.tensorboard:
             return
         w = self._writer(trial_id)
-        step = int(round(metrics["epoch"] * 1000)) if isinstance(metrics["epoch"], float) and \
-            not float(metrics["epoch"]).is_integer() else int(metrics["epoch"])
+        step = tb_step(metrics["epoch"])
+        # the LR the trial sampled between validations (~50 points an epoch, [epoch, lr] pairs): a warmup that
+        # peaks inside an epoch shows; the validation's own lr (its last step's) follows at its step
+        for ep, lr in metrics.get("lr_trace") or ():
+            if tb_step(ep) < step and math.isfinite(lr):
+                w.add_scalar("lr", lr, tb_step(ep))
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and k not in _NOT_SCALARS \
                     and math.isfinite(v):
@@ -199,7 +265,7 @@ class StudyRecords:
         self._experiment(hp, [*values, *STRONG_METRICS])
         self._session(rec.trial_id, hp, final=True)
         w = self._writer(rec.trial_id)
-        step = int(rec.epochs_run) if rec.metrics else 0
+        step = tb_step(rec.epochs_run)
         for k, v in values.items():
             w.add_scalar(k, v if math.isfinite(v) else 0.0, step)
         w.flush()
@@ -213,7 +279,7 @@ class StudyRecords:
         from torch.utils.tensorboard.summary import hparams
         from torch.utils.tensorboard.writer import FileWriter
 
-        run = self.study_dir / "tensorboard" / trial_id
+        run = self.tensorboard_run(trial_id)
         if (run / _FINAL_SESSION).exists() or (not final and list(run.glob("*" + _RUNNING_SUFFIX))):
             return  # a resumed driver restarting the trial: its row is already there
         suffix = ".final-session" if final else _RUNNING_SUFFIX
@@ -254,6 +320,7 @@ class StudyRecords:
                                                                      content=content.SerializeToString()))
         with SummaryWriter(str(run)) as w:  # as torch's hparams() writes it, without TensorFlow
             w.file_writer.add_summary(Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=smd)]))
+            w.add_custom_scalars(LAYOUT)  # the Custom Scalars tab: one layout for every run of the study
 
     def on_strong_eval(self, trial_id: str, robust_acc: float, gap: float) -> None:
         """The trial's strong robust accuracy and its gap to the selection figure (fractions), as the
@@ -261,7 +328,7 @@ class StudyRecords:
         if not self.tensorboard:
             return
         w = self._writer(trial_id)
-        step = int(self.load_trial(trial_id).epochs_run)
+        step = tb_step(self.load_trial(trial_id).epochs_run)
         for name, value in zip(STRONG_METRICS, (robust_acc, gap)):
             w.add_scalar(name, value, step)
         w.flush()
@@ -298,7 +365,7 @@ def preload_tensorboard() -> None:
 
 _METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "clean_acc", "robust_acc", "best_robust_acc",
                 "best_clean_acc", "best_epoch", "train_eps", "grad_passes", "guard_passes", "epoch_seconds", "status", "stop_reason",
-                "co_fgsm_acc", "co_pgd_acc", "node_id", "torch_threads", "time_total_s", "timestamp")
+                "co_fgsm_acc", "co_pgd_acc", "node_id", "torch_threads", "time_total_s", "timestamp", "lr_trace")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

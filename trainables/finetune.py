@@ -173,6 +173,11 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
     n_batches = num_batches(train_split, cfg.batch_size)
     steps_per_batch = cfg.free_replays if cfg.attack == "free" else 1
     total_steps = cfg.epochs * n_batches * steps_per_batch
+    # lr_trace: the LR every `trace_every` optimizer steps, at most ~50 points an epoch, reported with each
+    # validation (a warmup that peaks inside an epoch shows in TensorBoard and the report; `lr` is one point)
+    steps_per_epoch = n_batches * steps_per_batch
+    trace_every = max(1, math.ceil(steps_per_epoch / 50))
+    lr_trace: list[list[float]] = []
     seg_ends = _segments(n_batches, cfg.evals_per_epoch)
     select_key = "clean_acc" if cfg.attack == "none" else "robust_acc"
     fgsm_based = cfg.attack in ("fgsm", "fgsm_rs", "nfgsm") and cfg.co_guard
@@ -194,6 +199,8 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
         state["lr"] = lr  # reported: the LR of the last step taken
+        if state["step"] % steps_per_epoch % trace_every == 0:  # [epoch where the step starts, its LR]
+            lr_trace.append([round(state["step"] / steps_per_epoch, 4), float(f"{lr:.6g}")])
         return lr
 
     status, stop_reason = "running", ""
@@ -278,7 +285,8 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                 epoch=progress_epochs if cfg.evals_per_epoch > 1 else int(round(progress_epochs)),
                 lr=state["lr"], train_loss=(loss_sum / max(seen, 1)).item(), train_acc=correct.item() / max(seen, 1),
                 train_eps=eps, grad_passes=state["grad_passes"], guard_passes=state["guard_passes"],
-                epoch_seconds=time.perf_counter() - t0)
+                epoch_seconds=time.perf_counter() - t0, lr_trace=list(lr_trace))
+            lr_trace.clear()
             if status == "running" and state["epoch"] >= cfg.epochs:
                 status = "completed"
             ckpt_dir = None
