@@ -61,7 +61,7 @@ def test_every_trial_has_continuous_epochs_and_all_metrics(study):
 def test_tensorboard_holds_every_trials_scalars_and_hparams(study):
     records = StudyRecords(study, tensorboard=False).load()
     for rec in records:
-        ea = EventAccumulator(str(study / "tensorboard" / rec.trial_id))
+        ea = EventAccumulator(str(StudyRecords(study).tensorboard_run(rec.trial_id)))  # tensorboard/<id> k=v ...
         ea.Reload()
         scalars = ea.Tags()["scalars"]
         for key in ("robust_acc", "clean_acc", "lr", "grad_passes", "best/robust_acc"):
@@ -216,7 +216,7 @@ def test_final_strong_evaluation_attacks_the_top_k_and_records_both_figures(stud
         assert e["gap"] == pytest.approx(e["val_attack_acc"] - e["robust_acc"])
         assert e["flag"] == (e["gap"] > gap_threshold([g["gap"] for g in final["trials"].values()])[0] + 1e-9)
         # TensorBoard: the strong figure as the HParams metric every trial's session declared
-        assert _tb_scalar(study / "tensorboard" / tid, "final/strong_robust_acc") == pytest.approx(e["robust_acc"])
+        assert _tb_scalar(StudyRecords(study).tensorboard_run(tid), "final/strong_robust_acc") == pytest.approx(e["robust_acc"])
     ea = EventAccumulator(str(study / "tensorboard" / "_hparams"))  # the study's one HParams experiment
     ea.Reload()
     exp = plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")["_hparams_/experiment"])
