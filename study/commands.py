@@ -177,7 +177,7 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         Remote(spec.location, study_dir).push()
         print(f"study in {spec.location} (records staged in {study_dir})")
     print(f"export: {paths[0]}  (rerun: advtune train --config {paths[1]})")
-    print(f"compare: tensorboard --logdir {study_dir}")
+    print(f"compare: tensorboard --logdir {study_dir}/tensorboard")  # run names: trial id and searched values
     if final.get("trials"):
         print(f"\nstrong evaluation ({describe_final(final)}; ranked by strong%):\n{strong_table(records, final, objective)}")
     return 0
