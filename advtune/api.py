@@ -12,6 +12,7 @@ Accuracies are fractions in [0, 1]; ``grad_passes`` counts forward+backward pass
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,8 +242,9 @@ class Study:
         """The resolved study settings (``advtune_study.json``)."""
         return self.marker["spec"]
 
-    @property
+    @functools.cached_property
     def objective(self):
+        """What the study optimised (``advtune.study.objectives.Objective``), parsed once from its marker."""
         from advtune.study.objectives import objective_of
 
         return objective_of(self.marker)
@@ -315,7 +317,7 @@ class Study:
 
         records, final = self._load()
         ranked = [r for r in records if r.best]
-        front = search_front(self.directory, self.marker, ranked) if self.objective.multi else None
+        front = search_front(self.directory, self.marker, ranked, self.objective) if self.objective.multi else None
         return [self._trial(r, final) for r in (front or pareto(ranked))]
 
     def history(self, trial_id: str):

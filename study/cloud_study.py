@@ -120,9 +120,9 @@ def keep_newest_checkpoints(remote: Remote) -> None:
         keep_only_newest(remote.fs, path)
 
 
-def best_checkpoint_uri(spec: dict[str, Any], trial_id: str) -> str:
-    """URI of the best.pt the trial's newest checkpoint holds (its best robust-accuracy epoch so far)."""
-    location = f"{spec['storage_path'].rstrip('/')}/{spec['name']}"
+def best_checkpoint_uri(location: str, trial_id: str) -> str:
+    """URI of the best.pt the trial's newest checkpoint holds (its best robust-accuracy epoch so far);
+    ``location``: the study's ``<URI>/<name>``."""
     remote = Remote(location, Path("."))
     found = _trial_checkpoint(remote, trial_id)
     if found is None:

@@ -21,9 +21,8 @@ def _pretrained_target(spec, study_dir: Path):
         return spec, None
     from dataclasses import replace
 
-    # a study in cloud storage keeps it in the bucket, where every node can read it
-    target = f"{spec.location}/pretrained/best.pt" if spec.is_cloud else study_dir / "pretrained" / "best.pt"
-    return replace(spec, base_config=cfg.replace(pretrained=str(target))), cfg
+    target = spec.storage.pretrained_target(study_dir)  # a study in cloud storage: in the bucket
+    return replace(spec, base_config=cfg.replace(pretrained=target)), cfg
 
 
 def _ensure_pretrained(tb, spec, pretrain_cfg: dict | None) -> None:
@@ -32,12 +31,7 @@ def _ensure_pretrained(tb, spec, pretrain_cfg: dict | None) -> None:
     target = spec.base_config.pretrained or ""
     if pretrain_cfg is None:
         return
-    if spec.is_cloud:
-        from .storage import Remote
-
-        if Remote(spec.location).exists("pretrained/best.pt"):
-            return
-    elif Path(target).exists():
+    if spec.storage.has_pretrained(target):
         return
     from advtune.trainables.pretrain import pretrain_into
 
@@ -114,18 +108,14 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         spec = _check_cluster(spec)
         if before_start is not None:
             before_start()
-        if not spec.is_cloud:  # `advtune status` / `export` can tell a running study (study/liveness.py)
+        if spec.storage.has_driver_lease:  # `advtune status` / `export` can tell a running study (study/liveness.py)
             from .liveness import driver_started
 
             driver_started(study_dir)
         _ensure_pretrained(tb, spec, pretrain_cfg)
         tuner = tb.restore_tuner(spec, study_dir) if resume else tb.make_tuner(spec, space, study_dir)
         tb.fit(tuner)
-        if spec.is_cloud:
-            from .cloud_study import keep_newest_checkpoints
-            from .storage import Remote
-
-            keep_newest_checkpoints(Remote(spec.location, study_dir))
+        spec.storage.after_search(study_dir)
         from .final_eval import run_final_eval
 
         run_final_eval(tb, spec, study_dir)
@@ -147,9 +137,9 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
     summary = compute_summary(records, spec.max_epochs)
     paths = export(study_dir, top_k=3)
     from .final_eval import describe as describe_final, load_final, rank, strong_of, strong_table
-    from .objectives import parse_objective, search_front
+    from .objectives import search_front
 
-    objective = parse_objective(spec.objective)
+    objective = spec.parsed_objective
     final = load_final(study_dir)
     best = next(iter(rank(records, final, objective)), None)
     print("\n" + "=" * 78)
@@ -163,7 +153,7 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
         print("best config (searched values): " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
         if not objective.feasible(best):
             print(f"no trial kept clean val acc >= {100 * objective.min_clean:g}%: the one above is the most robust")
-    front = search_front(study_dir, marker, records) if objective.multi else None
+    front = search_front(study_dir, marker, records, objective) if objective.multi else None
     if front:
         print(f"Pareto front the search found ({len(front)} trials, robust / clean val acc): " + ", ".join(
             f"{r.trial_id} {100 * r.best['robust_acc']:.1f}/{100 * r.best['clean_acc']:.1f}%" for r in front))
@@ -171,11 +161,9 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
     print(f"compute: {summary['grad_passes']:,.0f} grad passes, {summary['trial_seconds']:.0f} trial-seconds; "
           f"without pruning the same trials would cost {summary['grad_passes_no_pruning']:,.0f} grad passes, "
           f"{summary['trial_seconds_no_pruning']:.0f} trial-seconds ({100 * ratio:.0f}% spent)")
-    if spec.is_cloud:  # the export and the last records, to the bucket
-        from .storage import Remote
-
-        Remote(spec.location, study_dir).push()
-        print(f"study in {spec.location} (records staged in {study_dir})")
+    spec.storage.push(study_dir)  # a cloud study: the export and the last records, to the bucket
+    if spec.storage.staged_note():
+        print(f"study in {spec.location}{spec.storage.staged_note()}")
     print(f"export: {paths[0]}  (rerun: advtune train --config {paths[1]})")
     print(f"compare: tensorboard --logdir {study_dir}/tensorboard")  # run names: trial id and searched values
     if final.get("trials"):
@@ -232,10 +220,7 @@ def run(args: argparse.Namespace, base=None):
             _dry_run_cluster(spec)
         return None
     study_dir = spec.study_dir
-    if spec.is_cloud:
-        from .storage import check_cloud_study_free
-
-        check_cloud_study_free(spec)  # bucket, credentials, name free; clears a stale staging folder
+    spec.storage.check_free()  # a cloud study: bucket, credentials, name free; clears a stale staging folder
     if study_dir.exists() and any(study_dir.iterdir()) and not _reusable(study_dir):
         raise StudyError(f"study directory {study_dir} already exists; continue it with `advtune resume {study_dir}` "
                          "or choose another --name")
@@ -251,10 +236,7 @@ def run(args: argparse.Namespace, base=None):
             from .warm_start import seed
 
             seed(study_dir, spec, warm)
-        if spec.is_cloud:
-            from .storage import Remote
-
-            Remote(spec.location, study_dir).push()
+        spec.storage.push(study_dir)
 
     _launch(spec, space, study_dir, resume=False, pretrain_cfg=pretrain, before_start=write_study)
     return spec

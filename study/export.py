@@ -137,11 +137,11 @@ def _portable(value: str, marker: dict[str, Any], study_dir: Path, base: Path) -
 
 def _checkpoint(study_dir: Path, marker: dict[str, Any], rec: TrialRecord) -> str:
     """The trial's best.pt: in its folder, or for a study in cloud storage its URI in the bucket."""
-    if "://" in str(marker["spec"].get("storage_path", "")):
-        from .cloud_study import best_checkpoint_uri
+    from .storage import storage_for
 
-        return best_checkpoint_uri(marker["spec"], rec.trial_id)
-    return str((rec.directory or study_dir) / "best.pt")
+    spec = marker["spec"]
+    return storage_for(spec.get("storage_path", ""), spec.get("name", "")).best_checkpoint(
+        rec.trial_id, rec.directory, study_dir)
 
 
 def pareto_dir(study_dir: str | Path) -> Path:
@@ -174,7 +174,7 @@ def export(study_dir: str | Path, top_k: int = 1, pareto_front: bool | None = No
     final = load_final(study_dir)
     objective = objective_of(marker)
     pareto_front = objective.multi if pareto_front is None else pareto_front
-    front = search_front(study_dir, marker, ranked) if pareto_front else None
+    front = search_front(study_dir, marker, ranked, objective) if pareto_front else None
     by = ("strong_robust_acc (the final strong evaluation), then trials without one by robust_acc"
           if final.get("trials") else "best robust_acc (no final strong evaluation)")
     selection = (f"pareto front the search found ({objective.text})" if front else "pareto") if pareto_front \

@@ -224,21 +224,9 @@ def evaluate_task(checkpoint: str, attack: str, images: int, threads: int) -> di
     return strong_eval(checkpoint, attack, images)
 
 
-def _checkpoints(spec, records: list[TrialRecord]) -> dict[str, str]:
-    """Each trial's best.pt that exists: in its folder, or for a study in cloud storage (where the staging
-    folder holds no checkpoint) its URI in the bucket."""
-    if getattr(spec, "is_cloud", False):
-        from .cloud_study import best_checkpoint_uri
-
-        uris = {r.trial_id: best_checkpoint_uri(spec.to_dict(), r.trial_id) for r in records}
-        return {t: u for t, u in uris.items() if u.endswith("/best.pt")}  # else: "(no checkpoint … in the bucket)"
-    return {r.trial_id: str(r.directory / "best.pt") for r in records if _local_best(r)}
-
-
 def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
     """Evaluate the study's top-k trials that have no strong figure yet (Ray must be up). Returns the
     final evaluation, or None when it is off or the search has not finished."""
-    from .objectives import parse_objective
     from .records import StudyRecords
     from .pruning import asha_rungs
 
@@ -255,11 +243,11 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
     images = resolve_images(getattr(spec, "final_images", None), spec.gpus_per_trial)
     rungs = spec.pruning_rule().rungs() if hasattr(spec, "pruning_rule") else \
         asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
-    checkpoints = _checkpoints(spec, records)
+    checkpoints = spec.storage.best_checkpoints(records)  # in the trials' folders, or (cloud) in the bucket
     chosen = candidates(records, rungs[-1] if rungs else None, getattr(spec, "final_top_k", None),
                         has_best=lambda r: r.trial_id in checkpoints,
                         time_of=lambda r: spec.rung_time(r.params, r.epochs_run), rungs=len(rungs),
-                        objective=parse_objective(getattr(spec, "objective", None)))
+                        objective=spec.parsed_objective)
     settings = {"attack": attack, "images": images, "top_k": getattr(spec, "final_top_k", None), "seed": 0}
     final = load_final(study_dir)
     if final.get("settings", {}).get("attack") != attack or final.get("settings", {}).get("images") != images:

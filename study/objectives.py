@@ -137,13 +137,15 @@ def non_dominated(points: dict[str, tuple[float, ...]]) -> list[str]:
                        for j, q in points.items() if j != k)]
 
 
-def search_front(study_dir: str | Path, marker: dict[str, Any], records: list[TrialRecord]) -> list[TrialRecord] | None:
+def search_front(study_dir: str | Path, marker: dict[str, Any], records: list[TrialRecord],
+                 objective: Objective | None = None) -> list[TrialRecord] | None:
     """The Pareto front the search found: this study's trials that Optuna holds as COMPLETE (pruned
     trials stopped before their end are not candidates; warm-start trials belong to other studies),
     non-dominated on the values the sampler was told, mapped to their Tune trial ids. Sorted by
     robust accuracy, best first. None when the study is not multi-objective or its Optuna storage
-    cannot be read (the caller then falls back to a filter over the records)."""
-    if not objective_of(marker).multi:
+    cannot be read (the caller then falls back to a filter over the records). ``objective``: the study's, where
+    the caller holds it parsed (default: read from ``marker``)."""
+    if not (objective or objective_of(marker)).multi:
         return None
     db = Path(study_dir) / "optuna.db"
     if not db.exists():

@@ -55,6 +55,27 @@ class StudySpec:
     full_strength_grace: float = 1.0  # first rung of the full_strength rule, epochs at full strength
     trackers: tuple[str, ...] = ()  # --tracker mlflow[:URI] | wandb[:PROJECT] (study/trackers.py)
 
+    def __post_init__(self) -> None:
+        # Parsed here, once per spec: a bad objective is refused on construction (a hand-edited marker too),
+        # ``objective`` keeps the canonical text the marker stores, and every reader takes ``parsed_objective``.
+        from .objectives import parse_objective
+        from .storage import storage_for
+
+        parsed = parse_objective(self.objective)
+        object.__setattr__(self, "objective", parsed.text)
+        object.__setattr__(self, "_objective", parsed)
+        object.__setattr__(self, "_storage", storage_for(self.storage_path, self.name))
+
+    @property
+    def parsed_objective(self):
+        """What the study optimises (``study.objectives.Objective``), parsed from ``objective`` once."""
+        return self._objective
+
+    @property
+    def storage(self):
+        """Where the study lives (``study.storage.StudyStorage``: a directory or a cloud URI)."""
+        return self._storage
+
     def pruning_rule(self):
         """The study's pruning rule with its rungs (``study.pruning.PruningRule``)."""
         from .pruning import make_rule
@@ -78,20 +99,12 @@ class StudySpec:
     def study_dir(self) -> Path:
         """Where the driver writes the study's records: the study directory, or for a cloud URI its local
         staging copy (``study.storage``)."""
-        if self.is_cloud:
-            from .storage import staging_dir
-
-            return staging_dir(self.location)
-        return Path(self.storage_path) / self.name
-
-    @property
-    def is_cloud(self) -> bool:
-        return "://" in self.storage_path
+        return self.storage.study_dir
 
     @property
     def location(self) -> str:
         """The study as a user names it: its directory, or ``<URI>/<name>``."""
-        return f"{self.storage_path.rstrip('/')}/{self.name}" if self.is_cloud else str(self.study_dir)
+        return self.storage.location
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -139,23 +152,12 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                  final_images=getattr(args, "final_images", DEFAULT_IMAGES))
     check_settings(final["final_attack"], final["final_top_k"], final["final_images"], args.num_samples)
     name = args.name or f"{space.name}-{base.dataset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    storage = args.storage_path or os.environ.get("ADVTUNE_STORAGE", "advtune_runs")
-    if "://" in storage:
-        from .storage import check_scheme
+    from .storage import resolve_storage_path
 
-        check_scheme(storage)
-        if getattr(args, "assume_shared_storage", False):
-            raise StudyError(f"--storage-path {storage} is a cloud URI: trials hand their checkpoints to Ray, which "
-                             "uploads them, so there is no shared filesystem to assume; drop --assume-shared-storage")
-    else:
-        if getattr(args, "optuna_storage", None):
-            raise StudyError("--optuna-storage is for studies in cloud storage; on a filesystem path the Optuna "
-                             "study is STUDY/optuna.db, which optuna-dashboard opens (drop --optuna-storage)")
-        storage = str(Path(storage).expanduser().resolve())
-    from .objectives import parse_objective
+    storage = resolve_storage_path(args.storage_path or os.environ.get("ADVTUNE_STORAGE", "advtune_runs"),
+                                   getattr(args, "assume_shared_storage", False), getattr(args, "optuna_storage", None))
     from .trackers import parse_trackers
 
-    objective = parse_objective(getattr(args, "objective", None)).text
     from .pruning import DEFAULT_FULL_STRENGTH_GRACE, default_rule_for
 
     pruning = getattr(args, "pruning", None) or "auto"
@@ -171,7 +173,8 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                      reduction_factor=args.reduction_factor, concurrency=args.concurrency,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
                      storage_path=storage, seed=args.seed, max_failures=args.max_failures,
-                     verbose=args.verbose, assume_shared_storage=args.assume_shared_storage, objective=objective,
+                     verbose=args.verbose, assume_shared_storage=args.assume_shared_storage,
+                     objective=getattr(args, "objective", None) or "robust",  # parsed and checked by StudySpec
                      sampler=getattr(args, "sampler", None) or "tpe", warm_start=warm,
                      optuna_storage=getattr(args, "optuna_storage", None), pruning=pruning,
                      full_strength_grace=fs_grace,
@@ -183,14 +186,12 @@ _SAMPLERS = {"tpe": "TPE", "random": "random search"}
 
 
 def describe(spec: StudySpec, space: SearchSpace) -> str:
-    from .objectives import parse_objective
-
     grace_needed, peak_epoch = min_grace(space, spec.base_config, spec.max_epochs)
     rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
     b = spec.base_config
     lines = [
         f"study      {spec.name}",
-        f"directory  {spec.location}" + (f" (records staged in {spec.study_dir})" if spec.is_cloud else ""),
+        f"directory  {spec.location}{spec.storage.staged_note()}",
         f"space      {space.name} ({space.source}){': ' + space.description if space.description else ''}",
     ]
     lines += [f"  {p.describe()}" for p in space.params]
@@ -202,7 +203,7 @@ def describe(spec: StudySpec, space: SearchSpace) -> str:
     lines += [
         f"trials     {spec.num_samples} ({_SAMPLERS[spec.sampler]}, seed {spec.seed}), at most {spec.concurrency} "
         f"at once, {spec.max_epochs} epochs each",
-        f"objective  {parse_objective(spec.objective).describe()}",
+        f"objective  {spec.parsed_objective.describe()}",
         f"data       {b.dataset}, model {b.model}, starting point {b.pretrained}",
         f"threat     {b.norm} eval_eps {b.eval_eps:.5g}, validation PGD-{b.val_steps}"
         f"{'' if b.val_restarts == 1 else f'-{b.val_restarts}'} on the fixed validation split (seed {b.split_seed})",
@@ -249,7 +250,7 @@ def _fs_type(path: Path) -> str:
 def check_storage(spec: StudySpec, n_nodes: int, grows: bool = False) -> None:
     """On a multi-node cluster, trials on other nodes must reach the study directory. ``grows``: an autoscaler
     can add nodes (the one node up now is not the cluster the trials will run on)."""
-    if (n_nodes <= 1 and not grows) or spec.assume_shared_storage or spec.is_cloud:
+    if (n_nodes <= 1 and not grows) or spec.assume_shared_storage or not spec.storage.needs_shared_filesystem:
         return
     existing = Path(spec.storage_path)
     while not existing.exists() and existing != existing.parent:

@@ -25,7 +25,8 @@ from typing import Any
 
 from .errors import StudyError
 
-__all__ = ["is_uri", "study_uri", "Remote", "staging_dir", "check_uri", "check_scheme", "SCHEMES", "SYNC_PERIOD_S", "open_study"]
+__all__ = ["is_uri", "study_uri", "Remote", "staging_dir", "check_uri", "check_scheme", "SCHEMES", "SYNC_PERIOD_S", "open_study",
+           "StudyStorage", "LocalStorage", "CloudStorage", "storage_for", "resolve_storage_path"]
 
 # URI schemes pyarrow.fs (and so Ray Tune) accepts for a storage path.
 SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
@@ -215,3 +216,201 @@ def check_cloud_study_free(spec) -> None:
         raise StudyError(f"study {spec.location} already exists; continue it with `advtune resume {spec.location}` "
                          "or choose another --name")
     shutil.rmtree(spec.study_dir, ignore_errors=True)
+
+
+# --- one study's storage: the one place that tells a filesystem study from a cloud one -------------------------
+class StudyStorage:
+    """Where one study lives and how its files move: obtained once per study from its spec (``spec.storage``,
+    made by :func:`storage_for`), so the commands, the Tune backend, the final evaluation and the export call
+    its methods instead of asking which kind it is. ``study_dir`` arguments are the folder the driver writes
+    the records into this time (a resumed local study may have been moved since the spec was written)."""
+
+    def __init__(self, storage_path: str, name: str) -> None:
+        self.storage_path = str(storage_path)
+        self.name = name
+
+    @property
+    def location(self) -> str:
+        """The study as a user names it: its directory, or ``<URI>/<name>``."""
+        raise NotImplementedError
+
+    @property
+    def study_dir(self) -> Path:
+        """Where the driver writes the study's records: the study directory, or a cloud study's staging copy."""
+        raise NotImplementedError
+
+    def trial_dir(self, study_dir: Path) -> str:
+        """What each trial is told as its study directory (``trainables.tune_adapter.trial_fn``)."""
+        return str(study_dir)
+
+    def pretrained_target(self, study_dir: Path) -> str:
+        """Where ``pretrained: auto`` trains the study's one starting point, which every trial loads."""
+        return str(study_dir / "pretrained" / "best.pt")
+
+    def has_pretrained(self, target: str) -> bool:
+        return Path(target).exists()
+
+    def staged_note(self) -> str:
+        """What ``--dry-run``'s directory line adds: where a cloud study's records are staged."""
+        return ""
+
+    @property
+    def needs_shared_filesystem(self) -> bool:
+        """Whether trials on other nodes write into a directory (``spec.check_storage`` checks it is shared)."""
+        return True
+
+    @property
+    def has_driver_lease(self) -> bool:
+        """Whether the driver marks the study running in its folder (``study/liveness.py``)."""
+        return True
+
+    @property
+    def restaged_by_driver(self) -> bool:
+        """Whether each driver keeps the records in a folder of its own (a cloud study's staging copy), so a
+        resumed Tuner's callbacks, unpickled pointing at the first driver's folder, are rebuilt."""
+        return False
+
+    def check_free(self) -> None:
+        """Before `advtune run` writes anything: the location can hold a new study of this name."""
+
+    def push(self, study_dir: Path) -> None:
+        """Send the staged records to where the study lives (nothing to do on a filesystem)."""
+
+    def optuna_storage(self, spec, study_dir: Path):
+        """The Optuna storage the searcher keeps the study in."""
+        import optuna
+
+        return optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+
+    def restore_path(self, study_dir: Path) -> str:
+        """What ``tune.Tuner.restore`` is given: where Ray Tune's experiment state is."""
+        return str(study_dir)
+
+    def callback(self, spec, study_dir: Path, searcher):
+        """The driver's Tune callback that writes the records."""
+        from .tune_backend import StudyCallback
+
+        return StudyCallback(str(study_dir), spec.num_samples)
+
+    def after_search(self, study_dir: Path) -> None:
+        """When the search has ended, before the final evaluation (a cloud study prunes its checkpoints)."""
+
+    def best_checkpoint(self, trial_id: str, directory: Path | None, study_dir: Path) -> str:
+        """The trial's best.pt as a path or URI (it may not exist: see :meth:`best_checkpoints`)."""
+        return str((directory or study_dir) / "best.pt")
+
+    def best_checkpoints(self, records) -> dict[str, str]:
+        """Trial id -> best.pt of every trial in ``records`` (``study.records.TrialRecord``) that has one."""
+        return {r.trial_id: str(r.directory / "best.pt") for r in records
+                if r.directory and (r.directory / "best.pt").exists()}
+
+
+class LocalStorage(StudyStorage):
+    """A study in a directory every node mounts (or this machine only): trials write their files there."""
+
+    @property
+    def location(self) -> str:
+        return str(self.study_dir)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+
+class CloudStorage(StudyStorage):
+    """A study under a URI: trials hand their checkpoints to Ray, which uploads them; the driver stages the
+    records locally and pushes them (:class:`Remote`, ``study.cloud_study``)."""
+
+    @property
+    def location(self) -> str:
+        return study_uri(self.storage_path, self.name)
+
+    @property
+    def study_dir(self) -> Path:
+        return staging_dir(self.location)
+
+    def trial_dir(self, study_dir: Path) -> str:  # never the driver's staging folder: no node but this one sees it
+        return self.location
+
+    def pretrained_target(self, study_dir: Path) -> str:  # in the bucket, where every node can read it
+        return f"{self.location}/pretrained/best.pt"
+
+    def has_pretrained(self, target: str) -> bool:
+        return Remote(self.location).exists("pretrained/best.pt")
+
+    def staged_note(self) -> str:
+        return f" (records staged in {self.study_dir})"
+
+    @property
+    def needs_shared_filesystem(self) -> bool:
+        return False
+
+    @property
+    def has_driver_lease(self) -> bool:
+        return False
+
+    @property
+    def restaged_by_driver(self) -> bool:
+        return True
+
+    def check_free(self) -> None:
+        check_cloud_study_free(self)
+
+    def push(self, study_dir: Path) -> None:
+        Remote(self.location, study_dir).push()
+
+    def optuna_storage(self, spec, study_dir: Path):
+        # an absolute sqlite path would not exist on the machine that resumes: see study.cloud_study
+        import optuna
+
+        from .cloud_study import optuna_storage
+
+        storage = optuna_storage(spec)
+        seeded = study_dir / "optuna.db"
+        if spec.warm_start and seeded.exists():  # study.warm_start seeded the local file: carry its trials over
+            storage = storage or optuna.storages.InMemoryStorage()
+            optuna.copy_study(from_study_name=spec.name, from_storage=f"sqlite:///{seeded}", to_storage=storage)
+        return storage
+
+    def restore_path(self, study_dir: Path) -> str:
+        return self.location
+
+    def callback(self, spec, study_dir: Path, searcher):
+        from .cloud_study import CloudStudyCallback
+
+        return CloudStudyCallback(str(study_dir), spec.num_samples, self.location, searcher)
+
+    def after_search(self, study_dir: Path) -> None:
+        from .cloud_study import keep_newest_checkpoints
+
+        keep_newest_checkpoints(Remote(self.location, study_dir))
+
+    def best_checkpoint(self, trial_id: str, directory: Path | None, study_dir: Path) -> str:
+        from .cloud_study import best_checkpoint_uri
+
+        return best_checkpoint_uri(self.location, trial_id)
+
+    def best_checkpoints(self, records) -> dict[str, str]:  # the staging folder holds no checkpoint: the bucket
+        uris = {r.trial_id: self.best_checkpoint(r.trial_id, None, self.study_dir) for r in records}
+        return {t: u for t, u in uris.items() if u.endswith("/best.pt")}  # else: "(no checkpoint … in the bucket)"
+
+
+def resolve_storage_path(path: str, assume_shared: bool = False, optuna_url: str | None = None) -> str:
+    """``--storage-path`` as the spec stores it: a URI checked for its scheme (no network), or an absolute
+    directory; refuses the options that do not fit the kind (``--assume-shared-storage`` with a URI,
+    ``--optuna-storage`` with a directory)."""
+    if is_uri(path):
+        check_scheme(path)
+        if assume_shared:
+            raise StudyError(f"--storage-path {path} is a cloud URI: trials hand their checkpoints to Ray, which "
+                             "uploads them, so there is no shared filesystem to assume; drop --assume-shared-storage")
+        return path
+    if optuna_url:
+        raise StudyError("--optuna-storage is for studies in cloud storage; on a filesystem path the Optuna "
+                         "study is STUDY/optuna.db, which optuna-dashboard opens (drop --optuna-storage)")
+    return str(Path(path).expanduser().resolve())
+
+
+def storage_for(storage_path: str, name: str) -> StudyStorage:
+    """THE place that tells the two kinds apart: a URI is cloud storage, anything else a directory."""
+    return CloudStorage(storage_path, name) if is_uri(storage_path) else LocalStorage(storage_path, name)

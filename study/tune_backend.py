@@ -68,8 +68,6 @@ def make_scheduler(rule, base: dict[str, Any]) -> ScheduleAwareASHA:
     return ScheduleAwareASHA(rule, base)
 
 
-
-
 class PruningAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that records trials stopped early (by ASHA) as PRUNED, not COMPLETE.
 
@@ -174,8 +172,7 @@ def _trainable(spec, study_dir: Path):
     from advtune.trainables.tune_adapter import trial_fn
 
     # a study in cloud storage: trials get its URI (they hand checkpoints to Ray), never the driver's staging folder
-    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(),
-                              study_dir=spec.location if spec.is_cloud else str(study_dir))
+    fn = tune.with_parameters(trial_fn, base=spec.base_config.to_dict(), study_dir=spec.storage.trial_dir(study_dir))
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
     return tune.with_resources(fn, resources)
 
@@ -194,28 +191,15 @@ def make_sampler(kind: str, seed: int, n_startup: int):
 
 
 def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
-    import optuna
-
     from advtune.search_spaces import define_by_run
 
     from .trackers import callbacks as tracker_callbacks  # --tracker: Ray Tune's MLflow / W&B logger callbacks
 
-    from .objectives import parse_objective
-
-    objective = parse_objective(spec.objective)
+    objective = spec.parsed_objective
     # A warm-started study already holds earlier trials (study.warm_start seeded optuna.db): they replace the
     # space's starting points, which exist to give a cold sampler a sensible first look.
     points = [] if spec.warm_start else [dict(p) for p in space.starting_points]
-    if spec.is_cloud:  # an absolute sqlite path would not exist on the machine that resumes: see study.cloud_study
-        from .cloud_study import optuna_storage
-
-        storage = optuna_storage(spec)
-        seeded = study_dir / "optuna.db"
-        if spec.warm_start and seeded.exists():  # study.warm_start seeded the local file: carry its trials over
-            storage = storage or optuna.storages.InMemoryStorage()
-            optuna.copy_study(from_study_name=spec.name, from_storage=f"sqlite:///{seeded}", to_storage=storage)
-    else:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    storage = spec.storage.optuna_storage(spec, study_dir)  # sqlite in the study, or (cloud) see study.cloud_study
     multi = objective.multi
     searcher = PruningAwareOptunaSearch(
         space=define_by_run(space, spec.base_config), metric=objective.metrics if multi else objective.metrics[0],
@@ -236,11 +220,10 @@ def make_tuner(spec, space, study_dir: Path) -> tune.Tuner:
 
 
 def restore_tuner(spec, study_dir: Path) -> tune.Tuner:
-    if not spec.is_cloud:
-        return tune.Tuner.restore(str(study_dir), trainable=_trainable(spec, study_dir), resume_unfinished=True,
-                                  resume_errored=True)
-    tuner = tune.Tuner.restore(spec.location, trainable=_trainable(spec, study_dir), resume_unfinished=True,
-                               resume_errored=True)
+    tuner = tune.Tuner.restore(spec.storage.restore_path(study_dir), trainable=_trainable(spec, study_dir),
+                               resume_unfinished=True, resume_errored=True)
+    if not spec.storage.restaged_by_driver:
+        return tuner
     # The callback unpickled from the bucket points at the staging folder of the machine that started the
     # study; this driver writes its records into its own.
     internal = tuner._local_tuner
@@ -252,11 +235,7 @@ def restore_tuner(spec, study_dir: Path) -> tune.Tuner:
 
 
 def _callback(spec, study_dir: Path, searcher) -> "StudyCallback":
-    if not spec.is_cloud:
-        return StudyCallback(str(study_dir), spec.num_samples)
-    from .cloud_study import CloudStudyCallback
-
-    return CloudStudyCallback(str(study_dir), spec.num_samples, spec.location, searcher)
+    return spec.storage.callback(spec, study_dir, searcher)
 
 
 def fit(tuner: tune.Tuner) -> Any:

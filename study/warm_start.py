@@ -38,7 +38,7 @@ from advtune.search_spaces.schema import THREAT_KEYS
 from advtune.trainables.config import TrialConfig
 
 from .errors import StudyError
-from .objectives import CONSTRAINT_KEY, WARM_ATTR, Objective, parse_objective
+from .objectives import CONSTRAINT_KEY, WARM_ATTR, Objective
 from .records import StudyRecords, read_marker
 
 __all__ = ["WarmStart", "collect", "seed", "space_distributions", "COMPARABLE_KEYS"]
@@ -73,7 +73,7 @@ def collect(spec, space: SearchSpace) -> WarmStart:
     FrozenTrials. Raises StudyError (naming the folder and the mismatch) for a folder that is not a
     study or is not comparable."""
     ws = WarmStart()
-    objective = parse_objective(spec.objective)
+    objective = spec.parsed_objective
     new_cfg = spec.base_config.replace(**space.base)
     dists = space_distributions(space)
     for d in dict.fromkeys(spec.warm_start):
@@ -114,7 +114,7 @@ def seed(study_dir: Path, spec, ws: WarmStart) -> None:
     import optuna
 
     study = optuna.create_study(storage=f"sqlite:///{Path(study_dir) / 'optuna.db'}", study_name=spec.name,
-                                directions=parse_objective(spec.objective).directions)
+                                directions=spec.parsed_objective.directions)
     study.add_trials(ws.trials)
 
 
