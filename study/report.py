@@ -4,7 +4,9 @@ files (no Ray, no cluster).
 Writes into ``STUDY/report`` (or ``--out``)::
 
     schedules.png   LR schedule and training-epsilon ramp of the top-k trials over training progress
-    pareto.png      clean vs robust validation accuracy (best epoch), Pareto front marked
+    pareto.png      clean vs robust accuracy with the Pareto front: the final strong attack's figures (its clean and
+                    robust accuracy on the same images) where at least 2 trials have one, else the selection
+                    figures (validation, best epoch); the title says which
     curves.png      robust validation accuracy per epoch, ASHA rungs and where trials were stopped
     importance.png  Optuna's fANOVA parameter importance over all trials (pruned ones at their last rung)
     interaction.png the two most important parameters against each other, coloured by robust accuracy
@@ -28,7 +30,7 @@ from typing import Any
 
 from . import importance
 from .errors import StudyError
-from .export import compute_summary, load_study, pareto, trial_config
+from .export import compute_summary, load_study, trial_config
 from .objectives import objective_of, search_front
 from .records import TrialRecord
 
@@ -72,7 +74,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, top_k: in
     int_png, pair = importance.plot_interaction(out_dir, derived, dists, _figure, _save, STATE_COLORS)
     plots = [
         _schedules(out_dir, marker, top),
-        _pareto(out_dir, records, top, front),
+        _pareto(out_dir, records, top, front, final),
         _curves(out_dir, spec, records, top),
         imp_png,
         int_png,
@@ -151,6 +153,12 @@ def _short_num(x: float, _pos=None) -> str:
 
 # --- the plots --------------------------------------------------------------------------------------------
 def _schedules(out_dir: Path, marker: dict[str, Any], top: list[TrialRecord]) -> str:
+    _save(schedules_figure(marker, top), out_dir, "schedules.png")
+    return "schedules.png"
+
+
+def schedules_figure(marker: dict[str, Any], top: list[TrialRecord]):
+    """The LR schedules (top) and training-epsilon ramps (bottom) of ``top`` over training progress."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.lines import Line2D
@@ -165,7 +173,8 @@ def _schedules(out_dir: Path, marker: dict[str, Any], top: list[TrialRecord]) ->
     any_cut = False
     for rank, (rec, color) in enumerate(zip(top, colors), 1):
         cfg = trial_config(marker, rec)
-        lr, eps = schedule_from_config(cfg), [eps_at(x, cfg.train_eps_value, cfg.eps_ramp) for x in t]
+        lr = schedule_from_config(cfg)
+        eps = [eps_at(x, cfg.train_eps_value, cfg.eps_ramp, cfg.eps_ramp_start) for x in t]  # 0 until T1
         ran = min(1.0, rec.epochs_run / cfg.epochs) if cfg.epochs else 1.0
         done = t <= ran + 1e-9
         any_cut |= ran < 1.0
@@ -197,18 +206,41 @@ def _schedules(out_dir: Path, marker: dict[str, Any], top: list[TrialRecord]) ->
     ax_lr.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="top trials",
                  title_fontsize=8, frameon=False)
     fig.suptitle(f"LR schedule and training-ε ramp of the top {len(top)} trials, in the report's ranking")
-    _save(fig, out_dir, "schedules.png")
-    return "schedules.png"
+    return fig
 
 
 def _pareto(out_dir: Path, records: list[TrialRecord], top: list[TrialRecord],
-            search: list[TrialRecord] | None = None) -> str:
-    """``search``: the front a robust+clean search found (its finished trials); else all trials' front."""
+            search: list[TrialRecord] | None = None, final: dict[str, Any] | None = None) -> str:
+    fig, _, _ = pareto_figure(records, top, search, final)
+    _save(fig, out_dir, "pareto.png")
+    return "pareto.png"
+
+
+def pareto_figure(records: list[TrialRecord], top: list[TrialRecord], search: list[TrialRecord] | None = None,
+                  final: dict[str, Any] | None = None):
+    """Clean vs robust accuracy with the Pareto front; returns (figure, front, basis). ``basis`` "strong": the
+    final strong attack's robust accuracy and the clean accuracy of the same images, over the trials it evaluated
+    (the figure the ranking uses), when there are at least 2; else "selection": the validation figures at each
+    trial's best epoch, with ``search`` (the front a robust+clean search found) as the front where given."""
     from matplotlib.patches import Rectangle
 
-    pts = [r for r in records if r.best]
-    front = sorted(search if search else pareto(pts), key=lambda r: r.best["clean_acc"])
-    xy = lambda rs: ([_pct(r.best["clean_acc"]) for r in rs], [_pct(r.best["robust_acc"]) for r in rs])  # noqa: E731
+    from .final_eval import strong_of
+
+    strong = {r.trial_id: strong_of(final or {}, r.trial_id) for r in records if r.best}
+    fig_of = {tid: s for tid, s in strong.items() if s is not None}
+    basis = "strong" if len(fig_of) >= 2 else "selection"
+    if basis == "selection":
+        fig_of = {r.trial_id: r.best for r in records if r.best}
+    pts = [r for r in records if r.trial_id in fig_of]
+    acc = lambda r, key: fig_of[r.trial_id][key]  # noqa: E731
+    front = [r for r in pts if not any(acc(o, "clean_acc") >= acc(r, "clean_acc") and acc(o, "robust_acc") >=
+                                       acc(r, "robust_acc") and (acc(o, "clean_acc"), acc(o, "robust_acc")) !=
+                                       (acc(r, "clean_acc"), acc(r, "robust_acc")) for o in pts)]
+    if basis == "selection" and search:
+        front = list(search)
+    front = sorted(front, key=lambda r: acc(r, "clean_acc"))
+    top = [r for r in top if r.trial_id in fig_of]
+    xy = lambda rs: ([_pct(acc(r, "clean_acc")) for r in rs], [_pct(acc(r, "robust_acc")) for r in rs])  # noqa: E731
     (ax_, ay_), (zx, zy) = xy(pts), xy(front + top)
     # Zoom on the front and the top trials when a few bad trials would squash them into a corner.
     pad_x, pad_y = max(1.0, 0.12 * (max(zx) - min(zx))), max(1.0, 0.12 * (max(zy) - min(zy)))
@@ -225,11 +257,13 @@ def _pareto(out_dir: Path, records: list[TrialRecord], top: list[TrialRecord],
         fx, fy = xy(front)
         ax.plot(fx, fy, color="black", lw=1, ls="--", zorder=2)
         ax.scatter(fx, fy, s=150, facecolor="none", edgecolor="black", lw=1.3, zorder=4,
-                   label="Pareto front the search found" if search else "Pareto front")
-        ax.set_xlabel("clean validation accuracy at the best epoch (%)")
+                   label="Pareto front the search found" if search and basis == "selection" else "Pareto front")
+        ax.set_xlabel("clean accuracy on the strong attack's images (%)" if basis == "strong" else
+                      "clean validation accuracy at the best epoch (%)")
         ax.grid(alpha=0.3)
     for ax in axes:
-        ax.set_ylabel("robust validation accuracy at the best epoch (%)")
+        ax.set_ylabel("strong attack's robust accuracy (%)" if basis == "strong" else
+                      "robust validation accuracy at the best epoch (%)")
     axes[0].margins(0.08)
     lo, hi = axes[0].get_xlim()
     axes[0].set_xlim(lo, min(hi, 101.0))
@@ -247,9 +281,15 @@ def _pareto(out_dir: Path, records: list[TrialRecord], top: list[TrialRecord],
         ax.annotate(r.trial_id, (x, y), xytext=(-10 if left else 10, 6 if j % 2 == 0 else -12),
                     textcoords="offset points", ha="right" if left else "left", fontsize=8)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False, title="trial state")
-    fig.suptitle(f"Clean vs robust validation accuracy of {len(pts)} trials; {len(front)} on the Pareto front")
-    _save(fig, out_dir, "pareto.png")
-    return "pareto.png"
+    if basis == "strong":
+        fig.suptitle(f"Clean vs robust accuracy under the final strong attack (the ranking's figure)\n"
+                     f"the {len(pts)} trials it evaluated; {len(front)} on the Pareto front")
+    else:
+        n_strong = sum(s is not None for s in strong.values())
+        why = "no strong evaluation" if not n_strong else "only 1 trial has a strong figure"
+        fig.suptitle(f"Clean vs robust accuracy by the selection figure (validation attack, best epoch): {why}\n"
+                     f"{len(pts)} trials; {len(front)} on the Pareto front")
+    return fig, front, basis
 
 
 def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord], top: list[TrialRecord] = ()) -> str:

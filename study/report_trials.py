@@ -3,8 +3,9 @@ learning rate with its schedule between validations, the training epsilon), its 
 config, and the commands that rerun it.
 
 The LR panel draws the schedule the trial ran (``trainables.schedules``, a function of training progress,
-evaluated at 50 points an epoch) under the per-epoch ``lr`` the trial reported: a warmup that peaks inside an
-epoch shows, which one point per epoch hides.
+evaluated at 50 points an epoch) under the LR the trial recorded (its ``lr_trace``, ~50 points an epoch, where
+its metrics have one) and the per-epoch ``lr`` it reported: a warmup that peaks inside an epoch shows, which one
+point per epoch hides. The epsilon panel starts the ramp at ``eps_ramp_start``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import yaml
 
 from .records import TrialRecord
 
-__all__ = ["trial_sections", "image_name"]
+__all__ = ["trial_sections", "image_name", "trial_figure"]
 
 
 def image_name(rank: int, trial_id: str) -> str:
@@ -24,11 +25,20 @@ def image_name(rank: int, trial_id: str) -> str:
 
 
 def _plot(out_dir: Path, rank: int, rec: TrialRecord, cfg) -> str:
+    from .report import _save
+
+    name = image_name(rank, rec.trial_id)
+    _save(trial_figure(rank, rec, cfg), out_dir, name)
+    return name
+
+
+def trial_figure(rank: int, rec: TrialRecord, cfg):
+    """The trial's four panels: accuracy, training loss, LR, training epsilon, against epochs."""
     import numpy as np
 
     from advtune.trainables.schedules import eps_at, schedule_from_config
 
-    from .report import _figure, _save
+    from .report import _figure
 
     ms = rec.metrics
     ep = [m["epoch"] for m in ms]
@@ -45,11 +55,15 @@ def _plot(out_dir: Path, rank: int, rec: TrialRecord, cfg) -> str:
     t = np.linspace(0.0, min(1.0, rec.epochs_run / cfg.epochs) if cfg.epochs else 1.0, 50 * max(1, cfg.epochs) + 1)
     lr = schedule_from_config(cfg)
     ax_lr.plot(t * cfg.epochs, [lr(x) for x in t], color="#E69F00", lw=1.5, label="schedule")
+    trace = [p for m in ms for p in m.get("lr_trace") or ()]
+    if trace:
+        ax_lr.plot(*zip(*trace), ls="", marker=".", ms=2.5, color="#0072B2", label="set by the trial")
     ax_lr.plot(ep, [m.get("lr", float("nan")) for m in ms], ls="", marker="o", ms=3, color="black",
                label="reported (last step of the epoch)")
     ax_lr.set_ylabel("learning rate")
     ax_lr.legend(fontsize=7, frameon=False, loc="best")
-    ax_eps.plot(t * cfg.epochs, [eps_at(x, cfg.train_eps_value, cfg.eps_ramp) for x in t], color="#56B4E9",
+    ax_eps.plot(t * cfg.epochs, [eps_at(x, cfg.train_eps_value, cfg.eps_ramp, cfg.eps_ramp_start) for x in t],
+                color="#56B4E9",
                 label="training ε")
     ax_eps.axhline(cfg.eval_eps, color="black", ls="--", lw=0.8, label="eval ε")
     ax_eps.set_ylabel(f"ε ({cfg.norm}, pixel units)")
@@ -60,9 +74,7 @@ def _plot(out_dir: Path, rank: int, rec: TrialRecord, cfg) -> str:
         ax.set_xlim(0, max(ep[-1] if ep else 1, 1))
         ax.grid(alpha=0.3)
     fig.suptitle(f"#{rank} {rec.trial_id} ({rec.state}, {rec.epochs_run:g} of {cfg.epochs} epochs)", fontsize=11)
-    name = image_name(rank, rec.trial_id)
-    _save(fig, out_dir, name)
-    return name
+    return fig
 
 
 def trial_sections(out_dir: Path, marker: dict[str, Any], top: list[TrialRecord], final: dict[str, Any],
