@@ -32,9 +32,11 @@ def trained():
 def test_autoattack_is_at_least_as_strong_as_pgd_and_leaves_rng_alone(trained):
     model, split = trained
     state = torch.get_rng_state()
-    aa = evaluate_autoattack(model, split, "linf", 0.1, batch_size=40)
+    # eps 0.15: PGD-20 leaves 17.5% robust, AutoAttack 12.5%; each image APGD-CE leaves robust costs the three
+    # attacks after it most of the time (at eps 0.1, 17 of 40 images: 43 s; at 0.15, 7: 24 s)
+    aa = evaluate_autoattack(model, split, "linf", 0.15, batch_size=40)
     assert torch.equal(state, torch.get_rng_state())
-    pgd = evaluate_pgd(model, split, "linf", 0.1, steps=20, restarts=1, batch_size=40)
+    pgd = evaluate_pgd(model, split, "linf", 0.15, steps=20, restarts=1, batch_size=40)
     assert aa.clean_acc == pytest.approx(pgd.clean_acc)
     assert aa.robust_acc <= pgd.robust_acc + 1e-9
     assert aa.robust_acc < aa.clean_acc
