@@ -175,16 +175,42 @@ def _parse_param(source: str, name: str, spec: Any, eval_eps: float) -> Param:
                  when=when_t, scale=scale)
 
 
+# Keys whose values must come in this order (T1 <= T2). Searched both, each bound is checked with the other at its
+# most permissive bound, and a draw out of order is put in order (search_spaces/optuna_space.ordered).
+_ORDERED = ("eps_ramp_start", "eps_ramp")
+
+
+def _span(p: Param) -> tuple[Any, Any]:
+    vals = [c for c in p.choices if isinstance(c, (int, float))] if p.kind == "categorical" else [p.low, p.high]
+    return (min(vals), max(vals)) if vals else (None, None)
+
+
 def _check_against_config(source: str, base: dict, params: tuple[Param, ...], base_cfg: TrialConfig) -> None:
     """Every bound and choice must itself be a valid trial config (catches warmup: [0, 1.5])."""
     try:
         merged = base_cfg.replace(**base)
     except ConfigError as exc:
         raise SpaceError(f"{source}: key 'base': {exc}") from None
+    by_name = {p.name: p for p in params}
+    first, second = (by_name.get(k) for k in _ORDERED)
+    partner: dict[str, dict] = {}
+    if first is not None and second is not None and None not in _span(first) + _span(second):
+        if _span(first)[0] > _span(second)[1]:
+            raise _err(source, f"params.{first.name}", f"its range {list(_span(first))} lies after "
+                       f"{second.name}'s {list(_span(second))}: {first.name} <= {second.name} could never hold "
+                       f"(every trial would start its epsilon ramp at its end); lower {first.name} or raise "
+                       f"{second.name}")
+        partner = {first.name: {second.name: _span(second)[1]}, second.name: {first.name: _span(first)[0]}}
     for p in params:
+        ctx = merged
+        if p.name in partner:
+            try:
+                ctx = merged.replace(**partner[p.name])
+            except ConfigError:
+                pass  # the partner's own bounds are checked (and refused) in its turn
         for v in (p.choices if p.kind == "categorical" else (p.low, p.high)):
             try:
-                merged.replace(**{p.name: v})
+                ctx.replace(**{p.name: v})
             except ConfigError as exc:
                 raise _err(source, f"params.{p.name}", f"value {v!r} is not valid: {exc}"
                            + _scale_hint(p, merged)) from None
