@@ -15,9 +15,11 @@ from conftest import SMALL_STUDY
 from advtune.study.cli import main
 from advtune.study.records import StudyRecords
 
-TINY = ["--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=4"]
+# the small study's data and pretraining: its cached starting point serves the lone trial below
+TINY = ["--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=10", "--set", "train_size=256",
+        "--set", "val_size=96"]
 N_TRIALS, EPOCHS = 6, 3
-FINAL = ["--final-attack", "pgd", "--final-images", "64", "--final-top-k", "4"]  # PGD-50-5: no extra needed
+FINAL = ["--final-attack", "pgd", "--final-images", "32", "--final-top-k", "4"]  # PGD-50-5: no extra needed
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +210,9 @@ def test_final_strong_evaluation_attacks_the_top_k_and_records_both_figures(stud
     by_selection = sorted((r for r in records.values() if r.best), key=lambda r: -r.best["robust_acc"])
     ties = {r.trial_id for r in by_selection if r.best["robust_acc"] >= by_selection[3].best["robust_acc"]}
     assert len(final["trials"]) == 4 and set(final["trials"]) <= ties  # the top 4 by the selection figure
-    assert final["settings"] == {"attack": "pgd", "images": 64, "top_k": 4, "seed": 0}
+    assert final["settings"] == {"attack": "pgd", "images": 32, "top_k": 4, "seed": 0}
     for tid, e in final["trials"].items():
-        assert e["attack"] == "pgd-50-5" and e["n"] == 64 and e["val_attack"] == "pgd-5-1"
+        assert e["attack"] == "pgd-50-5" and e["n"] == 32 and e["val_attack"] == "pgd-5-1"
         assert 0 <= e["robust_acc"] <= e["clean_acc"] <= 1
         assert e["selection_robust_acc"] == pytest.approx(records[tid].best["robust_acc"])
         assert e["gap"] == pytest.approx(e["val_attack_acc"] - e["robust_acc"])
