@@ -244,14 +244,16 @@ class StudyRecords:
             return
         w = self._writer(trial_id)
         step = tb_step(metrics["epoch"])
-        # the LR the trial sampled between validations (~50 points an epoch, [epoch, lr] pairs): a warmup that
-        # peaks inside an epoch shows; the validation's own lr (its last step's) follows at its step
-        for ep, lr in metrics.get("lr_trace") or ():
+        # the LR the trial set between validations (~50 points an epoch, [epoch where the step starts, lr]): a
+        # warmup that peaks inside an epoch shows. It replaces the validation's own lr (its last step's, which
+        # started before the validation's step: written there too, it drew a zigzag against the next trace point)
+        trace = metrics.get("lr_trace") or ()
+        for ep, lr in trace:
             if tb_step(ep) < step and math.isfinite(lr):
                 w.add_scalar("lr", lr, tb_step(ep))
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and k not in _NOT_SCALARS \
-                    and math.isfinite(v):
+                    and math.isfinite(v) and not (k == "lr" and trace):
                 w.add_scalar(_RENAMED.get(k, k), v, step)
         w.add_scalar("epochs_run", float(metrics["epoch"]), step)  # the HParams row's column, while it runs
         w.flush()

@@ -152,15 +152,17 @@ def test_custom_scalars_layout_puts_robust_and_clean_accuracy_first(tmp_path):
 
 def test_the_lr_trace_is_written_at_fine_steps_before_the_validation(tmp_path):
     """A warmup that peaks inside the first epoch: the trial's lr_trace ([epoch, lr] pairs) shows the peak at
-    its milli-epoch step; the per-validation lr (the last step's) follows at the validation's step."""
+    its milli-epoch step. It is the lr series: the per-validation lr (the last step's, a step that started
+    before the validation) is not written at the validation's step, where the next trace point starts."""
     rec = StudyRecords(tmp_path)
     rec.on_start("a", {"warmup": 0.1})
     trace = [[i / 10, 0.1 * min(1.0, (i + 1) / 4) * (1 - i / 10)] for i in range(10)]  # peak at 0.3 epochs
     rec.on_result("a", {**_epoch(1), "lr": 0.005, "lr_trace": trace})
+    rec.on_result("a", {**_epoch(2), "lr": 0.001, "lr_trace": [[1.0, 0.004], [1.5, 0.002]]})
     rec.close()
     lr = _steps(rec.tensorboard_run("a"), "lr")
-    assert [s for s, _ in lr] == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    assert [s for s, _ in lr] == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500]  # one point a step
     assert max(v.expected for _, v in lr) == lr[3][1].expected and lr[3][1] == 0.07
-    assert lr[-1][1] == 0.005
+    assert lr[10][1] == 0.004
     assert "lr_trace" not in EventAccumulator(str(rec.tensorboard_run("a"))).Reload().Tags()["scalars"]
     assert rec.load_trial("a").metrics[0]["lr_trace"] == trace  # kept in metrics.jsonl for the report
