@@ -7,7 +7,8 @@ import pytest
 from conftest import TINY
 
 from advtune.study.records import TrialRecord
-from advtune.study.report import pareto_figure, schedules_figure
+from advtune.study.report import schedules_figure
+from advtune.study.report_pareto import pareto_figure
 from advtune.study.report_trials import trial_figure
 from advtune.trainables.config import TrialConfig
 
