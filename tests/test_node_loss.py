@@ -31,8 +31,10 @@ def test_trials_of_a_dead_node_resume_elsewhere_and_finish(cluster, tmp_path):
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([*ADVTUNE, "run", "--address", c.address, "--assume-shared-storage", "--name", "nodes",
                              "--storage-path", str(tmp_path / "s"), "--num-samples", str(N_TRIALS), "--max-epochs",
-                             str(EPOCHS), "--grace-period", str(EPOCHS), "--concurrency", "2", "--max-failures", "3",
-                             "--set", "train_steps=3", "--set", "val_steps=3", "--set", "pretrain_epochs=2",
+                             str(EPOCHS), "--pruning", "epoch", "--grace-period", str(EPOCHS),  # nothing is pruned here
+                             "--concurrency", "2", "--max-failures", "3",
+                             "--set", "train_steps=3", "--set", "val_steps=3", "--set", "pretrain_epochs=10",
+                             "--set", "train_size=256", "--set", "val_size=64",  # little data: cheap epochs
                              "--final-attack", "none"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
