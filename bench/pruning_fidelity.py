@@ -41,16 +41,20 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# (label, rule name, first rung in the rule's unit, reduction factor); "epoch-study" is filled in with
+# (label, rule name, first rung in the rule's unit, reduction factor); the epoch rule's first rung is
 # the first rung the old default placed after the space's longest warmup/ramp.
 CANDIDATES = [
     ("epoch (old default)", "epoch", None, 2),
-    ("epoch, rf 3", "epoch", None, 3),
+    ("epoch rf3", "epoch", None, 3),
     ("full_strength g1 rf2", "full_strength", 1, 2),
-    ("full_strength g2 rf2", "full_strength", 2, 2),
     ("full_strength g1 rf3", "full_strength", 1, 3),
+    ("full_strength g1.25 rf4 (default)", "full_strength", 1.25, 4),
+    ("full_strength g1.5 rf2", "full_strength", 1.5, 2),
     ("full_strength g2 rf3", "full_strength", 2, 3),
+    ("decay_progress g1 rf3", "decay_progress", 1, 3),
+    ("decay_progress g2 rf2", "decay_progress", 2, 2),
 ]
+OLD, NEW = CANDIDATES[0][0], CANDIDATES[4][0]
 
 
 @dataclass
@@ -122,7 +126,7 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
         t, _, slot, run, i = events.pop(0)
         h = run.history[i]
         trial = trials[run.idx]
-        result = {"epoch": h["epoch"], "robust_acc": h["robust_acc"]}
+        result = {"epoch": h["epoch"], "robust_acc": h["robust_acc"], "best_robust_acc": h["best_robust_acc"]}
         last = i == len(run.history) - 1
         action = "STOP" if last else sched.on_trial_result(None, trial, result)
         ran[run.idx] = (i + 1, last)
@@ -191,7 +195,7 @@ def plot(analyses: list[dict], out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2 * len(analyses), figsize=(6.5 * 2 * len(analyses), 4.8))
     for k, a in enumerate(analyses):
-        for j, label in enumerate(["epoch (old default)", "full_strength g1 rf2"]):
+        for j, label in enumerate([OLD, NEW]):
             ax = axes[2 * k + j]
             res = a["results"][label]
             ramp = [r.point for r in a["runs"]]

@@ -570,15 +570,17 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config key")
     p.add_argument("--num-samples", type=int, default=12, help="number of trials (default 12)")
     p.add_argument("--max-epochs", type=int, default=8, help="epochs of a trial that is never stopped")
-    p.add_argument("--grace-period", type=int, default=1,
-                   help="ASHA's first rung, epochs; raised to the end of the space's longest warmup")
-    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/R at each rung")
+    p.add_argument("--grace-period", type=float, default=None, metavar="EPOCHS",
+                   help="ASHA's first rung, in the pruning rule's unit: epochs at full strength under full_strength "
+                        "(default 1.25), epochs under epoch (default: the end of the space's longest warmup/ramp, "
+                        "never earlier); at or past --max-epochs nothing is pruned")
+    p.add_argument("--reduction-factor", type=int, default=None, metavar="R",
+                   help="ASHA keeps the top 1/R at each rung (default: 4 under the full_strength rule, 2 under epoch: "
+                        "the pruning-fidelity replay's picks)")
     p.add_argument("--pruning", choices=("auto", "epoch", "full_strength"), default="auto",
                    help="ASHA's time: 'full_strength' counts each trial's epochs after its own LR warmup/peak and eps "
                         "ramp (fair to slow starts; auto's choice when the space searches warmup, eps_ramp or peak_at), "
-                        "'epoch' raw epochs (the old behaviour). See docs/benchmarks.md, pruning fidelity")
-    p.add_argument("--full-strength-grace", type=float, default=None, metavar="EPOCHS",
-                   help="first rung of the full_strength rule, in epochs at full strength (default: the benchmark's pick)")
+                        "'epoch' raw epochs (the old behaviour). See docs/benchmarks.md, section 9")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once")
     p.add_argument("--cpus-per-trial", type=_cpus, default=None, metavar="N|auto",
                    help="CPUs (and torch threads) per trial; default auto: the cluster's CPUs divided among the "

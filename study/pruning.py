@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from advtune.trainables.config import TrialConfig
 
 __all__ = ["RULES", "DEFAULT_RULE", "PruningRule", "full_strength_point", "rung_time", "default_rule_for",
-           "make_rule", "DEFAULT_FULL_STRENGTH_GRACE", "trial_rung_epochs", "asha_rungs"]
+           "make_rule", "DEFAULT_FULL_STRENGTH_GRACE", "DEFAULT_REDUCTION_FACTOR", "trial_rung_epochs", "asha_rungs"]
 
 
 def asha_rungs(grace: int, reduction_factor: int, max_epochs: int) -> list[int]:
@@ -41,11 +41,15 @@ def asha_rungs(grace: int, reduction_factor: int, max_epochs: int) -> list[int]:
 RULES = {
     "epoch": "rungs at raw epochs, the first after the longest warmup/ramp the space allows",
     "full_strength": "rungs at epochs trained at full strength (after each trial's own warmup/peak and eps ramp)",
+    "decay_progress": "rungs at the same progress through each trial's post-warmup/ramp phase, in epochs of a "
+                      "schedule without warmup",
 }
 # The rule for spaces that search the schedule's shape (warmup, eps ramp, cyclic peak); chosen by
 # bench/pruning_fidelity.py's replay on recorded curves (docs/benchmarks.md).
 DEFAULT_RULE = "full_strength"
-DEFAULT_FULL_STRENGTH_GRACE = 1.0  # epochs at full strength before the first rung (the replay's pick)
+DEFAULT_FULL_STRENGTH_GRACE = 1.25  # epochs at full strength before the first rung (the replay's pick)
+# ASHA keeps the top 1/R at each rung; the old rule keeps its old R
+DEFAULT_REDUCTION_FACTOR = {"epoch": 2, "full_strength": 4, "decay_progress": 4}
 SHAPE_KEYS = ("warmup", "eps_ramp", "eps_ramp_start", "peak_at")
 
 
@@ -66,6 +70,8 @@ def rung_time(rule: str, epoch: float, point: float, epochs: int) -> float:
     fraction of its ``epochs``): the epoch itself, or the epochs trained since full strength."""
     if rule == "epoch":
         return float(epoch)
+    if rule == "decay_progress":  # (t - point) / (1 - point), scaled to epochs: 0 at full strength, epochs at the end
+        return (float(epoch) / epochs - point) / (1.0 - point) * epochs
     return float(epoch) - point * epochs
 
 

@@ -52,7 +52,7 @@ class StudySpec:
     final_images: int | None = None  # None: 128 validation images on CPU trials, 1000 with GPUs
     # ASHA's time (study/pruning.py): studies from before the rule was a setting pruned on raw epochs
     pruning: str = "epoch"
-    full_strength_grace: float = 1.0  # first rung of the full_strength rule, epochs at full strength
+    full_strength_grace: float = 1.25  # first rung of the full_strength rule, epochs at full strength
     trackers: tuple[str, ...] = ()  # --tracker mlflow[:URI] | wandb[:PROJECT] (study/trackers.py)
 
     def __post_init__(self) -> None:
@@ -137,9 +137,19 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
     space = load_space(args.space, base)
     base = base.replace(**space.base, epochs=args.max_epochs)
     grace_needed, _ = min_grace(space, base, args.max_epochs)
-    grace = min(max(args.grace_period or 1, grace_needed), args.max_epochs)
+    requested = getattr(args, "grace_period", None)
+    if requested is not None and requested <= 0:
+        raise StudyError(f"--grace-period {requested:g} is out of range: it must be above 0 (ASHA's first rung; at "
+                         "or past --max-epochs nothing is pruned)")
+    grace = min(max(math.ceil(requested or 1), grace_needed), args.max_epochs)
+    from .pruning import DEFAULT_FULL_STRENGTH_GRACE, DEFAULT_REDUCTION_FACTOR, default_rule_for
+
+    pruning = getattr(args, "pruning", None) or "auto"
+    if pruning == "auto":
+        pruning = default_rule_for({p.name for p in space.params})
+    reduction_factor = getattr(args, "reduction_factor", None) or DEFAULT_REDUCTION_FACTOR[pruning]
     for name, value, lo in (("--num-samples", args.num_samples, 1), ("--max-epochs", args.max_epochs, 1),
-                            ("--reduction-factor", args.reduction_factor, 2), ("--concurrency", args.concurrency, 1)):
+                            ("--reduction-factor", reduction_factor, 2), ("--concurrency", args.concurrency, 1)):
         if value < lo:
             raise StudyError(f"{name} {value} is out of range: it must be at least {lo}")
     if (args.cpus_per_trial is not None and args.cpus_per_trial <= 0) or args.gpus_per_trial < 0:
@@ -158,19 +168,11 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                                    getattr(args, "assume_shared_storage", False), getattr(args, "optuna_storage", None))
     from .trackers import parse_trackers
 
-    from .pruning import DEFAULT_FULL_STRENGTH_GRACE, default_rule_for
-
-    pruning = getattr(args, "pruning", None) or "auto"
-    if pruning == "auto":
-        pruning = default_rule_for({p.name for p in space.params})
-    fs_grace = getattr(args, "full_strength_grace", None) or DEFAULT_FULL_STRENGTH_GRACE
-    if fs_grace <= 0:
-        raise StudyError(f"--full-strength-grace {fs_grace:g} is out of range: it must be above 0 (epochs at full "
-                         "strength before ASHA's first rung; at or above --max-epochs nothing is pruned)")
+    fs_grace = requested or DEFAULT_FULL_STRENGTH_GRACE  # --grace-period is in the rule's unit
     warm = tuple(str(Path(d).expanduser().resolve()) for d in getattr(args, "warm_start", None) or ())
     spec = StudySpec(name=name, space=str(space.source), base_config=base, num_samples=args.num_samples,
-                     max_epochs=args.max_epochs, grace_period=grace, requested_grace=args.grace_period or 1,
-                     reduction_factor=args.reduction_factor, concurrency=args.concurrency,
+                     max_epochs=args.max_epochs, grace_period=grace, requested_grace=math.ceil(requested or 1),
+                     reduction_factor=reduction_factor, concurrency=args.concurrency,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
                      storage_path=storage, seed=args.seed, max_failures=args.max_failures,
                      verbose=args.verbose, assume_shared_storage=args.assume_shared_storage,
@@ -373,9 +375,12 @@ def _pruning_lines(spec: StudySpec, space: SearchSpace, rungs: list[int], peak_e
     lines = [f"ASHA       on robust_acc, rule 'full_strength' (time: epochs trained after the trial's own LR warmup/peak "
              f"and eps ramp), reduction factor {spec.reduction_factor}, rungs at "
              f"{', '.join(f'{r:g}' for r in fs_rungs) or 'none'} epoch(s) at full strength",
-             f"           e.g. the base config (full strength from epoch {start * spec.max_epochs:.2f}) meets them at epochs "
-             f"{', '.join(f'{start * spec.max_epochs + r:.2f}' for r in fs_rungs)}; a trial whose warmup or ramp ends "
-             f"later meets them later. Why this rule: a slow start or an eps ramp reads weak at a fixed epoch for that "
-             f"reason alone; on recorded curves this rule's first-rung figure predicts the final strong figure better "
-             f"(docs/benchmarks.md, pruning fidelity). --pruning epoch: the old rule"]
+             f"           e.g. the base config (at full strength from epoch {start * spec.max_epochs:.2f}) is compared at its "
+             f"first validation at or after epoch(s) "
+             f"{', '.join(f'{start * spec.max_epochs + r:.2f}' for r in fs_rungs) or '-'}; a trial whose warmup or "
+             f"ramp ends later is compared later.",
+             "           Why this rule: at a fixed epoch a slow start or an eps ramp reads weak for that reason alone; "
+             "replayed on recorded curves, this rule's rung figure ranks trials like their final strong figure "
+             "(Spearman 0.90 vs 0.50 for raw epochs on digits) and keeps the best one in 93% of replays vs 17% "
+             "(docs/benchmarks.md, section 9). --pruning epoch: the old rule"]
     return lines

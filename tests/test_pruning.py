@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from advtune.study.pruning import (DEFAULT_RULE, default_rule_for, full_strength_point, make_rule, rung_time)
+from advtune.study.pruning import (DEFAULT_FULL_STRENGTH_GRACE, DEFAULT_REDUCTION_FACTOR, DEFAULT_RULE,
+                                   default_rule_for, full_strength_point, make_rule, rung_time)
 from advtune.study.tune_backend import make_scheduler
 from advtune.trainables.config import TrialConfig
 
@@ -94,7 +95,7 @@ def test_make_run_no_longer_prunes_the_spaces_own_starting_points_for_their_ramp
     old_grace = 3  # the old rule's first rung: after the space's longest warmup/ramp (0.3 x 8 epochs)
 
     def ran(rule_name: str) -> dict:
-        rule = make_rule(rule_name, old_grace, 1.0, 2, epochs)
+        rule = make_rule(rule_name, old_grace, DEFAULT_FULL_STRENGTH_GRACE, DEFAULT_REDUCTION_FACTOR[rule_name], epochs)
         return pf.replay_in_order(study, rule, base, epochs)
 
     assert not ran("epoch")[study[0].idx][1], "the old rule stopped advtune's default config at its first rung"
@@ -105,8 +106,8 @@ def test_default_rule_meets_the_fidelity_targets_on_the_recorded_digits_curves()
     """The issue's bar, replayed on the recorded curves with the scheduler studies use."""
     pf, data, runs = _recorded()
     epochs = data["max_epochs"]
-    rule = make_rule(DEFAULT_RULE, 3, 1.0, 2, epochs)
-    res = pf.evaluate_rule(runs, rule, data["base"], epochs, seeds=40, n_images=288)
+    rule = make_rule(DEFAULT_RULE, 3, DEFAULT_FULL_STRENGTH_GRACE, DEFAULT_REDUCTION_FACTOR[DEFAULT_RULE], epochs)
+    res = pf.evaluate_rule(runs, rule, data["base"], epochs, seeds=100, n_images=288)
     assert res["spearman"] >= 0.85
     assert res["best_survives"] >= 0.9
     assert res["regret_images"] <= 3
