@@ -63,9 +63,11 @@ def study(cluster, tmp_path_factory):
     log_path = first / "run.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([*ADVTUNE, "run", "--address", c.address, "--storage-path", URI, "--name", "cloud",
-                             "--num-samples", str(N_TRIALS), "--max-epochs", str(EPOCHS), "--grace-period", str(EPOCHS),
+                             "--num-samples", str(N_TRIALS), "--max-epochs", str(EPOCHS), "--pruning", "epoch",
+                             "--grace-period", str(EPOCHS),  # nothing is pruned here
                              "--concurrency", "2", "--max-failures", "3", "--set", "train_steps=1",
-                             "--set", "val_steps=3", "--set", "pretrain_epochs=1",
+                             "--set", "val_steps=3", "--set", "pretrain_epochs=10",
+                             "--set", "train_size=256", "--set", "val_size=64",  # little data: cheap epochs
                              # the final strong evaluation runs on resume: cheap settings (its attacks are
                              # tested in tests/test_final_eval.py; here: that it reads the bucket's best.pt)
                              "--final-attack", "pgd", "--final-images", "32"],

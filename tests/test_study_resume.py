@@ -18,8 +18,10 @@ N_TRIALS, EPOCHS = 4, 4
 ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
 
 
-def _env(cache: Path) -> dict:
-    return {**os.environ, "ADVTUNE_CACHE": str(cache), "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+def _env(cache: Path | None = None) -> dict:
+    """The session's isolated cache unless ``cache``: studies with the same pretraining config pretrain once."""
+    return {**os.environ, **({"ADVTUNE_CACHE": str(cache)} if cache else {}), "RAY_AUTH_MODE": "disabled",
+            "PYTHONUNBUFFERED": "1"}
 
 
 def _kill_tree(proc: psutil.Process, descendants: list[psutil.Process]) -> None:
@@ -62,10 +64,11 @@ def _run_and_kill(cmd: list[str], study: Path, env: dict, log_path: Path, at_lea
 def test_driver_killed_twice_resumes_twice_without_losing_trials_or_redoing_epochs(tmp_path):
     storage, name = tmp_path / "studies", "killed"
     study = storage / name
-    env = _env(tmp_path / "cache")
+    env = _env()
     cmd = [*ADVTUNE, "run", "--name", name, "--storage-path", str(storage), "--num-samples", str(N_TRIALS),
-           "--max-epochs", str(EPOCHS), "--concurrency", "2", "--grace-period", str(EPOCHS),  # no pruning here
-           "--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=3",
+           "--max-epochs", str(EPOCHS), "--concurrency", "2", "--pruning", "epoch", "--grace-period", str(EPOCHS),  # no pruning
+           "--set", "train_steps=2", "--set", "val_steps=5", "--set", "pretrain_epochs=10",
+           "--set", "train_size=256", "--set", "val_size=64",  # little data: what is tested is the bookkeeping
            "--final-attack", "none"]  # its resume of a finished study: tests/test_study.py
     _run_and_kill(cmd, study, env, tmp_path / "run.log", at_least=2)
     # a driver killed after a trial's checkpoint but before it recorded that epoch (a race the kill above
