@@ -19,7 +19,6 @@ with the medians over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,10 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
-FMNIST = ["--set", "dataset=fashion-mnist", "--set", "eval_eps=0.1", "--set", "train_size=2000",
-          "--set", "val_size=1000", "--set", "model=small_cnn-16", "--max-epochs", "4"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pick_holds import ADVTUNE, FMNIST, ROOT  # noqa: E402  the same study commands as the pick-holds benchmark
 QUICK = ["--num-samples", "3", "--max-epochs", "2", "--set", "pretrain_epochs=3", "--set", "val_steps=3",
          "--set", "train_steps=2", "--final-attack", "pgd", "--final-images", "64"]
 

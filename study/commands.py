@@ -375,8 +375,8 @@ def _final_args(p) -> None:
                    "autoattack extra is installed, else pgd), autoattack (standard), apgd (APGD-CE + APGD-T), pgd "
                    "(PGD-50, 5 restarts), none")
     p.add_argument("--final-top-k", type=int, default=None, metavar="K",
-                   help="evaluate the K best trials by selection figure (default: every trial ASHA let past its last "
-                   "rung and the 3 best by selection figure)")
+                   help="evaluate the K best trials by selection figure (default: every trial that reached ASHA's last "
+                   "rung, stopped there or not, and the 3 best by selection figure)")
     p.add_argument("--final-images", type=int, default=DEFAULT_IMAGES, metavar="N",
                    help=f"the first N validation images, the same for every trial (default {CPU_IMAGES}; "
                    f"{GPU_IMAGES} when trials have GPUs)")
