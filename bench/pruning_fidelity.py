@@ -48,13 +48,14 @@ CANDIDATES = [
     ("epoch rf3", "epoch", None, 3),
     ("full_strength g1 rf2", "full_strength", 1, 2),
     ("full_strength g1 rf3", "full_strength", 1, 3),
-    ("full_strength g1.25 rf4 (default)", "full_strength", 1.25, 4),
+    ("full_strength g1.25 rf4", "full_strength", 1.25, 4),
+    ("full_strength g1.75 rf4 (default)", "full_strength", 1.75, 4),
     ("full_strength g1.5 rf2", "full_strength", 1.5, 2),
     ("full_strength g2 rf3", "full_strength", 2, 3),
     ("decay_progress g1 rf3", "decay_progress", 1, 3),
     ("decay_progress g2 rf2", "decay_progress", 2, 2),
 ]
-OLD, NEW = CANDIDATES[0][0], CANDIDATES[4][0]
+OLD, NEW = CANDIDATES[0][0], CANDIDATES[5][0]
 
 
 @dataclass

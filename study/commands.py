@@ -393,7 +393,7 @@ def register(sub) -> None:
     p.add_argument("--max-epochs", type=int, default=8, help="epochs of a trial that is never stopped")
     p.add_argument("--grace-period", type=float, default=None, metavar="EPOCHS",
                    help="ASHA's first rung, in the pruning rule's unit: epochs at full strength under full_strength "
-                        "(default 1.25), epochs under epoch (default: the end of the space's longest warmup/ramp, "
+                        "(default 1.75), epochs under epoch (default: the end of the space's longest warmup/ramp, "
                         "never earlier); at or past --max-epochs nothing is pruned")
     p.add_argument("--reduction-factor", type=int, default=None, metavar="R",
                    help="ASHA keeps the top 1/R at each rung (default: 4 under the full_strength rule, 2 under epoch: "

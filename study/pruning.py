@@ -47,7 +47,7 @@ RULES = {
 # The rule for spaces that search the schedule's shape (warmup, eps ramp, cyclic peak); chosen by
 # bench/pruning_fidelity.py's replay on recorded curves (docs/benchmarks.md).
 DEFAULT_RULE = "full_strength"
-DEFAULT_FULL_STRENGTH_GRACE = 1.25  # epochs at full strength before the first rung (the replay's pick)
+DEFAULT_FULL_STRENGTH_GRACE = 1.75  # epochs at full strength before the first rung (the replay's pick)
 # ASHA keeps the top 1/R at each rung; the old rule keeps its old R
 DEFAULT_REDUCTION_FACTOR = {"epoch": 2, "full_strength": 4, "decay_progress": 4}
 SHAPE_KEYS = ("warmup", "eps_ramp", "eps_ramp_start", "peak_at")

@@ -142,7 +142,7 @@ def test_dry_run_shows_the_pruning_rule_and_its_rungs(capsys, tmp_path):
     # the sfd space searches warmup and eps_ramp: the full_strength rule, rungs in epochs at full strength
     assert main(["run", "--dry-run", "--max-epochs", "10", "--storage-path", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
-    assert "rule 'full_strength'" in out and "reduction factor 4" in out and "rungs at 1.25, 5 epoch(s) at full strength" in out
+    assert "rule 'full_strength'" in out and "reduction factor 4" in out and "rungs at 1.75, 7 epoch(s) at full strength" in out
     assert "Why this rule" in out
     assert not (tmp_path / "s").exists()  # a dry run starts nothing and writes nothing
     # the old rule, one flag away: rungs after the space's longest warmup/ramp
