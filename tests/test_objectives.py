@@ -80,7 +80,8 @@ def test_constrained_searcher_records_the_clean_floor_as_an_optuna_constraint():
 def mo_study(local_ray, tmp_path_factory):
     storage = tmp_path_factory.mktemp("studies")
     rc = main(["run", "--name", "mo", "--storage-path", str(storage), "--num-samples", "5", "--max-epochs", "3",
-               "--reduction-factor", "3", "--concurrency", "2", "--seed", "1", "--objective", "robust+clean",
+               "--reduction-factor", "3", "--pruning", "epoch",  # rungs at epoch 1: ASHA stops trials in 3 epochs
+               "--concurrency", "2", "--seed", "1", "--objective", "robust+clean",
                "--final-attack", "none", *SETS])  # the final strong evaluation is tested in test_study.py
     assert rc == 0
     return storage / "mo"
