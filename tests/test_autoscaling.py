@@ -163,4 +163,7 @@ def test_study_waits_for_gpu_nodes_runs_on_them_and_survives_losing_one(autoscal
         workers = {n["NodeID"]: n["Alive"] for n in ray.nodes() if n["NodeID"].startswith(FAKE_ID)}
     finally:
         ray.shutdown()
-    assert workers[lost] is False and sum(workers.values()) >= 2, workers  # the autoscaler replaced the lost node
+    # The lost node is gone and its trial finished on another launched node (asserted above). Whether that node is
+    # a replacement the autoscaler launched or the other worker, freed when its own trial ended, is a race (both
+    # happened in full runs of the suite), so only the loss is asserted here.
+    assert workers[lost] is False, workers
