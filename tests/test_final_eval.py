@@ -184,3 +184,22 @@ def test_the_strong_figure_carries_its_sampling_interval():
     assert "±95%" in table[0]
     n = final["trials"]["x"]["n"]
     assert f"{100 * half_width(0.47, n):.1f}" in table[2].split()
+
+
+def test_candidates_rank_feasible_trials_first_under_a_clean_floor(tmp_path):
+    from advtune.study.objectives import parse_objective
+
+    recs = []
+    for i, (robust, clean) in enumerate([(0.6, 0.5), (0.5, 0.9), (0.45, 0.95), (0.4, 0.92), (0.3, 0.91)]):
+        d = tmp_path / f"t{i}"
+        d.mkdir()
+        (d / "best.pt").write_bytes(b"w")
+        m = _metrics(robust, 3)
+        for e in m:
+            e["clean_acc"] = clean
+        recs.append(TrialRecord(f"t{i}", {}, m, "pruned", directory=d))
+    ids = lambda rs: [r.trial_id for r in rs]  # noqa: E731
+    # t0 reads best but misses the 85% clean floor: the 3 best by selection are the 3 best feasible ones
+    chosen = candidates(recs, last_rung=6, top_k=None, rungs=2, objective=parse_objective("robust:clean>=0.85"))
+    assert ids(chosen) == ["t1", "t2", "t3"]
+    assert ids(candidates(recs, last_rung=6, top_k=None, rungs=2)) == ["t0", "t1", "t2"]
