@@ -161,6 +161,8 @@ def evaluate_rule(runs: list[Run], rule, base: dict, epochs: int, seeds: int, n_
 
 
 def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
+    from scipy.stats import spearmanr
+
     from advtune.search_spaces import load_space
     from advtune.study.pruning import make_rule
     from advtune.study.spec import min_grace
@@ -170,7 +172,7 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
     epochs = data["max_epochs"]
     base_cfg = TrialConfig.from_dict(data["base"])
     old_grace, _ = min_grace(load_space(data["space"], base_cfg), base_cfg, epochs)
-    n_images = runs[0].history and json.loads(path.read_text())["runs"][0]["strong"]["n"]
+    n_images = next(r["strong"]["n"] for r in data["runs"] if r.get("strong"))
     name = path.stem.replace("pruning-", "")
     out = {}
     for label, rule_name, grace, rf in candidates:
@@ -184,7 +186,7 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
     best = max(runs, key=lambda r: r.strong)
     print(f"  {name}: {len(runs)} configurations, {epochs} epochs, strong figure on {n_images} images; best "
           f"final strong {100 * best.strong:.1f}% ({best.params}); final strong vs final selection figure: "
-          f"spearman {__import__('scipy.stats', fromlist=['spearmanr']).spearmanr([r.history[-1]['best_robust_acc'] for r in runs], [r.strong for r in runs]).statistic:.3f}")
+          f"spearman {spearmanr([r.history[-1]['best_robust_acc'] for r in runs], [r.strong for r in runs]).statistic:.3f}")
     return {"runs": runs, "results": out, "epochs": epochs, "name": name, "old_grace": old_grace}
 
 

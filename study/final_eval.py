@@ -228,9 +228,8 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
     """Evaluate the study's top-k trials that have no strong figure yet (Ray must be up). Returns the
     final evaluation, or None when it is off or the search has not finished."""
     from .records import StudyRecords
-    from .pruning import asha_rungs
 
-    attack = getattr(spec, "final_attack", "auto")
+    attack = spec.final_attack
     if attack == "none":
         print("final strong evaluation: off (--final-attack none); trials rank by the validation attack", flush=True)
         return None
@@ -240,15 +239,14 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
               flush=True)
         return None
     attack = resolve_attack(attack)
-    images = resolve_images(getattr(spec, "final_images", None), spec.gpus_per_trial)
-    rungs = spec.pruning_rule().rungs() if hasattr(spec, "pruning_rule") else \
-        asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
+    images = resolve_images(spec.final_images, spec.gpus_per_trial)
+    rungs = spec.pruning_rule().rungs()  # in the rule's unit: epochs, or epochs at full strength
     checkpoints = spec.storage.best_checkpoints(records)  # in the trials' folders, or (cloud) in the bucket
-    chosen = candidates(records, rungs[-1] if rungs else None, getattr(spec, "final_top_k", None),
+    chosen = candidates(records, rungs[-1] if rungs else None, spec.final_top_k,
                         has_best=lambda r: r.trial_id in checkpoints,
                         time_of=lambda r: spec.rung_time(r.params, r.epochs_run), rungs=len(rungs),
                         objective=spec.parsed_objective)
-    settings = {"attack": attack, "images": images, "top_k": getattr(spec, "final_top_k", None), "seed": 0}
+    settings = {"attack": attack, "images": images, "top_k": spec.final_top_k, "seed": 0}
     final = load_final(study_dir)
     if final.get("settings", {}).get("attack") != attack or final.get("settings", {}).get("images") != images:
         final = {}

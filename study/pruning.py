@@ -103,7 +103,7 @@ class PruningRule:
 def trial_rung_epochs(spec: Mapping[str, Any], params: Mapping[str, Any]) -> list[float]:
     """The epochs at which a trial of the study ``spec`` (its JSON form) with searched ``params`` meets
     ASHA's rungs (it is compared at its first validation at or after each): what the report draws."""
-    rule = make_rule(spec.get("pruning", "epoch"), spec["grace_period"], spec.get("full_strength_grace", 1.0),
+    rule = make_rule(spec.get("pruning", "epoch"), spec["grace_period"], spec.get("full_strength_grace", DEFAULT_FULL_STRENGTH_GRACE),
                      spec["reduction_factor"], spec["max_epochs"])
     if rule.name == "epoch":
         return rule.rungs()
