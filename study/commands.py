@@ -313,9 +313,8 @@ def _nothing_to_resume(spec, study_dir: Path) -> str | None:
     """A line saying the study is complete when resuming it would do nothing: every trial asked for has
     ended and the final strong evaluation (unless off) holds every trial it would attack, with the
     study's settings (as ``final_eval.run_final_eval`` decides them). None otherwise."""
-    from .final_eval import candidates, load_final, resolve_attack, resolve_images
+    from .final_eval import load_final, resolve_attack, resolve_images, study_candidates
     from .records import FINAL_STATES, StudyRecords
-    from .spec import asha_rungs
 
     records = StudyRecords(study_dir, tensorboard=False).load()
     if len(records) < spec.num_samples or any(r.state not in FINAL_STATES for r in records):
@@ -327,8 +326,8 @@ def _nothing_to_resume(spec, study_dir: Path) -> str | None:
         if (settings.get("attack") != resolve_attack(spec.final_attack)
                 or settings.get("images") != resolve_images(spec.final_images, spec.gpus_per_trial)):
             return None
-        rungs = asha_rungs(spec.grace_period, spec.reduction_factor, spec.max_epochs)
-        chosen = candidates(records, rungs[-1] if rungs else None, spec.final_top_k)
+        checkpoints = spec.storage.best_checkpoints(records)
+        chosen = study_candidates(spec, records, has_best=lambda r: r.trial_id in checkpoints)
         if any(r.trial_id not in (final.get("trials") or {}) for r in chosen):
             return None
         what = f"final strong evaluation of {len(chosen)} trials done"

@@ -32,7 +32,7 @@ from .records import FINAL_STATES, TrialRecord
 from .strong_flags import GAP_FLAG, agreement_lines, apply_flags
 
 __all__ = ["FILE", "CHOICES", "DEFAULT_IMAGES", "resolve_images", "GAP_FLAG", "GAP_WARNING", "check_settings", "resolve_attack",
-           "candidates", "load_final", "strong_of", "rank", "strong_table", "half_width", "run_final_eval", "evaluate_task"]
+           "candidates", "study_candidates", "load_final", "strong_of", "rank", "strong_table", "half_width", "run_final_eval", "evaluate_task"]
 
 FILE = "final_eval.json"
 CHOICES = ("auto", "autoattack", "apgd", "pgd", "none")
@@ -88,7 +88,7 @@ def _local_best(rec: TrialRecord) -> bool:
 
 
 def candidates(records: list[TrialRecord], last_rung: float | None, top_k: int | None,
-               has_best=_local_best, time_of=None, rungs: int = 2, objective=None) -> list[TrialRecord]:
+               has_best=_local_best, time_of=None, rungs: int = 2, objective=None, reached=None) -> list[TrialRecord]:
     """The trials to evaluate, best selection figure first, among those with a best.pt (``has_best``: in
     the trial's folder; a study in cloud storage asks the bucket): the top ``top_k`` by selection figure;
     by default every trial that reached ASHA's ``last_rung`` (None: a study without rungs, every trial) and
@@ -101,7 +101,8 @@ def candidates(records: list[TrialRecord], last_rung: float | None, top_k: int |
     last rung (async promotion a few more), so the cost stays bounded: ~6 of 12 trials on the default
     study. With a single rung every trial reaches it (12 of 12 in a Fashion-MNIST study), so there only the
     trials past it count.
-    ``time_of(record)`` is the trial's time in the pruning rule's unit (default: its epochs). "Best by
+    ``time_of(record)`` is the trial's time in the pruning rule's unit (default: its epochs); ``reached(record)``,
+    when given, decides per trial instead (:func:`study_candidates`: each trial's own last rung). "Best by
     selection figure" is the study's one ranking without strong figures (``objectives.rank_trials``):
     under a ``robust:clean>=X`` objective the feasible trials come first."""
     from .objectives import rank_trials
@@ -109,13 +110,40 @@ def candidates(records: list[TrialRecord], last_rung: float | None, top_k: int |
     pool = [r for r in rank_trials(records, None, objective) if has_best(r)]
     if top_k is not None:
         return pool[:top_k]
-    time_of = time_of or (lambda r: r.epochs_run)
+    if reached is None:  # one last rung for every trial, in ``time_of``'s unit
+        if last_rung is None:
+            return pool
+        time_of = time_of or (lambda r: r.epochs_run)
+
+        def reached(r: TrialRecord) -> bool:
+            t = time_of(r)
+            return t >= last_rung - 1e-9 if rungs >= 2 else t > last_rung + 1e-9
+
+    return [r for i, r in enumerate(pool) if i < MIN_TOP_K or reached(r)]
+
+
+def study_candidates(spec, records: list[TrialRecord], has_best=_local_best) -> list[TrialRecord]:
+    """:func:`candidates` with a study's own settings (its ``final_top_k`` and objective) and each trial's own
+    rungs: under the ``full_strength`` rule a trial meets the rungs at its own epochs, and those that fall after
+    its last epoch never judge it (``pruning.trial_rung_epochs``), so "reached the last rung" is asked of the
+    last rung *that trial* could reach. The final evaluation and ``advtune resume``'s "is it complete?" both
+    ask this."""
+    from .pruning import trial_rung_epochs
+
+    spec_dict = spec.to_dict()
 
     def reached(r: TrialRecord) -> bool:
-        t = time_of(r)
-        return t >= last_rung - 1e-9 if rungs >= 2 else t > last_rung + 1e-9
+        own = trial_rung_epochs(spec_dict, r.params)
+        if not own:  # never judged by ASHA: ran to its end (or a guard stopped it)
+            return True
+        judged = [m["epoch"] for m in r.metrics if m["epoch"] >= own[-1] - 1e-9]
+        if not judged:  # stopped before its last rung
+            return False
+        # with one rung every trial reaches it: only those it let past count; with more, reaching the last one
+        return r.epochs_run > judged[0] + 1e-9 if len(own) == 1 else True
 
-    return [r for i, r in enumerate(pool) if i < MIN_TOP_K or last_rung is None or reached(r)]
+    return candidates(records, None, spec.final_top_k, has_best=has_best, objective=spec.parsed_objective,
+                      reached=reached)
 
 
 def load_final(study_dir: str | Path) -> dict[str, Any]:
@@ -240,12 +268,8 @@ def run_final_eval(tb, spec, study_dir: Path) -> dict[str, Any] | None:
         return None
     attack = resolve_attack(attack)
     images = resolve_images(spec.final_images, spec.gpus_per_trial)
-    rungs = spec.pruning_rule().rungs()  # in the rule's unit: epochs, or epochs at full strength
     checkpoints = spec.storage.best_checkpoints(records)  # in the trials' folders, or (cloud) in the bucket
-    chosen = candidates(records, rungs[-1] if rungs else None, spec.final_top_k,
-                        has_best=lambda r: r.trial_id in checkpoints,
-                        time_of=lambda r: spec.rung_time(r.params, r.epochs_run), rungs=len(rungs),
-                        objective=spec.parsed_objective)
+    chosen = study_candidates(spec, records, has_best=lambda r: r.trial_id in checkpoints)
     settings = {"attack": attack, "images": images, "top_k": spec.final_top_k, "seed": 0}
     final = load_final(study_dir)
     if final.get("settings", {}).get("attack") != attack or final.get("settings", {}).get("images") != images:

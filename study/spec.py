@@ -49,7 +49,7 @@ class StudySpec:
     # the final strong evaluation of the top trials (study/final_eval.py); studies from before it get these
     final_attack: str = "auto"
     final_top_k: int | None = None  # None: every trial that reached ASHA's last rung and the 3 best by selection
-    final_images: int | None = None  # None: 128 validation images on CPU trials, 1000 with GPUs
+    final_images: int | None = None  # None: final_eval.CPU_IMAGES (512) on CPU trials, GPU_IMAGES (1000) with GPUs
     # ASHA's time (study/pruning.py): studies from before the rule was a setting pruned on raw epochs
     pruning: str = "epoch"
     full_strength_grace: float = 1.75  # first rung of the full_strength rule, epochs at full strength

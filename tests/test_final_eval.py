@@ -203,3 +203,33 @@ def test_candidates_rank_feasible_trials_first_under_a_clean_floor(tmp_path):
     chosen = candidates(recs, last_rung=6, top_k=None, rungs=2, objective=parse_objective("robust:clean>=0.85"))
     assert ids(chosen) == ["t1", "t2", "t3"]
     assert ids(candidates(recs, last_rung=6, top_k=None, rungs=2)) == ["t0", "t1", "t2"]
+
+
+def test_study_candidates_ask_each_trial_about_its_own_last_rung(tmp_path):
+    """Under the full_strength rule (rungs 1.75 and 7 epochs at full strength, 8 epochs) a trial with a 30% eps
+    ramp meets the first rung at epoch 4.15 and never the second (9.4): ran to the end, it went past its last
+    rung and is a candidate, though it never reached the study's last rung time (7)."""
+    from types import SimpleNamespace
+
+    from advtune.study.final_eval import study_candidates
+    from advtune.study.spec import build_spec
+    from advtune.trainables.config import TrialConfig
+
+    args = SimpleNamespace(space="sfd", num_samples=7, max_epochs=8, grace_period=None, reduction_factor=None,
+                           concurrency=2, cpus_per_trial=None, gpus_per_trial=0.0, address=None,
+                           storage_path=str(tmp_path / "s"), name="s", seed=0, max_failures=0, verbose=False,
+                           assume_shared_storage=False)
+    spec = build_spec(args, TrialConfig())[0]
+    assert spec.pruning == "full_strength" and spec.pruning_rule().rungs() == [1.75, 7.0]
+    ramp, flat = {"eps_ramp": 0.3, "warmup": 0.1}, {"eps_ramp": 0.0, "warmup": 0.05}  # full strength at 2.4 / 0.4
+    recs = []
+    for i, (robust, epochs, params) in enumerate([(0.5, 8, flat), (0.45, 8, flat), (0.4, 8, flat),  # the top 3
+                                                  (0.2, 8, ramp),   # past its only rung (compared at epoch 5)
+                                                  (0.3, 5, ramp),   # stopped at its only rung
+                                                  (0.1, 8, flat),   # reached its last rung (7.4: at epoch 8)
+                                                  (0.35, 3, flat)]):  # stopped at its first rung (epoch 3)
+        d = tmp_path / f"t{i}"
+        d.mkdir()
+        (d / "best.pt").write_bytes(b"w")
+        recs.append(TrialRecord(f"t{i}", params, _metrics(robust, epochs), "completed", directory=d))
+    assert [r.trial_id for r in study_candidates(spec, recs)] == ["t0", "t1", "t2", "t3", "t5"]
