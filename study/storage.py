@@ -45,7 +45,7 @@ def study_uri(storage_path: str, name: str) -> str:
 
 
 def staging_dir(uri: str) -> Path:
-    from advtune.trainables.pretrain import cache_dir
+    from advtune.trainables.cache import cache_dir
 
     scheme, _, rest = uri.partition("://")
     parts = [p for p in rest.split("?")[0].split("/") if p and p not in (".", "..")]

@@ -167,14 +167,7 @@ def nfgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: 
     [0, 1] (clamped before the gradient and after the step, as in the authors' code)."""
     x = x.detach()
     with attack_mode(model, bn_mode):
-        if norm == "linf":
-            delta = torch.empty_like(x).uniform_(-1.0, 1.0) * (noise * eps)
-        else:
-            d = x[0].numel()
-            direction = torch.randn_like(x)
-            radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / d) * (noise * eps)
-            delta = direction / _norms(direction) * radius.view(-1, *([1] * (x.dim() - 1)))
-        delta = (x + delta).clamp(0.0, 1.0) - x
+        delta = random_init(x, noise * eps, norm)  # the random start of the (noise·eps)-ball, in [0, 1]
         grad, _ = _grad(model, x, delta, y, loss_fn, amp_dtype)
         delta = delta + step * eps * step_direction(grad, norm)
     return (x + delta).clamp(0.0, 1.0).detach()

@@ -51,14 +51,18 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        # Every optimizer step: one fused lerp over the float tensors, no state_dict built (its names, prefixes
+        # and hooks per step cost more than the arithmetic on a deep model). Parameters then buffers, in module
+        # order: the same order in the live model and its deep copy.
         d = self.current_decay()
-        live = model.state_dict()
-        for name, avg in self.model.state_dict().items():
-            src = live[name]
-            if avg.is_floating_point():
-                avg.lerp_(src.to(avg.dtype), 1.0 - d)
-            else:
-                avg.copy_(src)
+        avg = [*self.model.parameters(), *self.model.buffers()]
+        live = [*model.parameters(), *model.buffers()]
+        floats = [(a, s.detach().to(a.dtype)) for a, s in zip(avg, live) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [s for _, s in floats], 1.0 - d)
+        for a, s in zip(avg, live):
+            if not a.is_floating_point():
+                a.copy_(s)
         self.updates += 1
 
     def state_dict(self) -> dict:
@@ -66,5 +70,10 @@ class WeightEMA:
                 "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        if float(state["decay"]) != self.decay:  # the average so far was made with another decay
+            from .atomic_files import CheckpointError
+
+            raise CheckpointError(f"the checkpoint's weight average used ema_decay {state['decay']}, this run "
+                                  f"{self.decay}: resume with the same ema_decay (or start the trial anew)")
         self.updates = int(state["updates"])
         self.model.load_state_dict(state["model"])

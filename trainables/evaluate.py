@@ -69,8 +69,9 @@ def evaluate_pgd(model: nn.Module, split: Dataset, norm: str, eps: float, steps:
                 with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                      enabled=amp_dtype is not None):
                     logits = model(x)
-                    ok = logits.argmax(1) == y
-                counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1])
+                    pred = logits.argmax(1)
+                    ok = pred == y
+                counts = torch.bincount(pred, minlength=logits.shape[1])
                 pred_counts = counts if pred_counts is None else pred_counts + counts
                 total += y.numel()
                 correct += int(ok.sum())

@@ -256,13 +256,14 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             if status == "running" and not math.isfinite(loss_sum.item()):
                 status, stop_reason = "diverged", f"training loss became {loss_sum.item()} in epoch {epoch + 1}"
             final = state["epoch"] + 1 >= cfg.epochs and state["batch"] >= n_batches
+            at = epoch + state["batch"] / n_batches  # training progress of this validation, in epochs
             metrics, top_share = _validate(cfg, judged, val_split, device, final=final) if status == "running" else \
                 ({"clean_acc": 0.0, "robust_acc": 0.0}, float("nan"))
-            if status == "running" and should_check(epoch + state["batch"] / n_batches, cfg.epochs, final):
+            if status == "running" and should_check(at, cfg.epochs, final):
                 reason = collapse_reason(metrics["clean_acc"], top_share, prep.splits.num_classes, len(val_split))
                 state["collapse_streak"], stop = stop_for_collapse(state["collapse_streak"], reason is not None, final)
                 if stop:  # a constant classifier is a failed run, not a completed one (issue 20)
-                    status, stop_reason = "diverged", f"{reason} at epoch {epoch + state['batch'] / n_batches:.3g}"
+                    status, stop_reason = "diverged", f"{reason} at epoch {at:.3g}"
             if fgsm_based and status == "running" and eps > 0:
                 fgsm_acc, pgd_acc, passes = _co_check(cfg, judged, co_batch)
                 state["guard_passes"] += passes
@@ -280,9 +281,8 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                 state["co_best_pgd"] = max(state["co_best_pgd"], pgd_acc)
             if state["batch"] >= n_batches:
                 state["epoch"], state["batch"] = epoch + 1, 0
-            progress_epochs = state["epoch"] + state["batch"] / n_batches
             metrics.update(
-                epoch=progress_epochs if cfg.evals_per_epoch > 1 else int(round(progress_epochs)),
+                epoch=at if cfg.evals_per_epoch > 1 else int(round(at)),
                 lr=state["lr"], train_loss=(loss_sum / max(seen, 1)).item(), train_acc=correct.item() / max(seen, 1),
                 train_eps=eps, grad_passes=state["grad_passes"], guard_passes=state["guard_passes"],
                 epoch_seconds=time.perf_counter() - t0, lr_trace=list(lr_trace))

@@ -13,10 +13,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from .cache import cache_dir  # re-exported (study.storage and older callers import it from here)
+from .cache import cache_dir
 from .config import TrialConfig
 
-__all__ = ["pretrain_config", "cache_dir", "cached_path", "ensure_pretrained", "pretrain_into"]
+__all__ = ["pretrain_config", "cached_path", "ensure_pretrained", "pretrain_into"]
 
 # Fields that cannot change naturally pretrained weights (the threat model and training attack only
 # matter once there is an attack; evaluation and bookkeeping settings never touch the weights).
