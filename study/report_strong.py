@@ -11,6 +11,7 @@ from typing import Any
 
 from .final_eval import GAP_FLAG, GAP_WARNING, describe, rank, strong_of  # noqa: F401
 from .records import TrialRecord
+from .strong_flags import gap_threshold
 
 __all__ = ["strong_plot", "strong_figure", "separate_labels", "NAME"]
 
@@ -55,17 +56,18 @@ def strong_figure(records: list[TrialRecord], final: dict[str, Any], separate: b
     if not rows:
         return None
     # across: the validation attack on the strong attack's own images (the selection figure when they are the
-    # whole validation split), so the band and the flag measure the same paired gap
+    # whole validation split), so the band and the flag measure the same paired gap: the band is the flag's
+    # threshold (study/strong_flags.py: median gap + max(3 points, 3 robust SDs); 3 points under 3 trials)
     xs = [100 * s["val_attack_acc"] for _, s in rows]
     ys = [100 * s["robust_acc"] for _, s in rows]
-    band = 100 * GAP_FLAG
+    band = 100 * gap_threshold([(x - y) / 100 for x, y in zip(xs, ys)])[0]
     lo = max(0.0, min(xs + ys) - band - 2)
     hi = min(100.0, max(xs + ys) + 2)
     fig = _figure(8, 8.5)
     ax = fig.subplots()
     line = [lo, hi]
     ax.fill_between(line, [v - band for v in line], line, color="#56B4E9", alpha=0.25, lw=0, zorder=1,
-                    label=f"within {band:g} points below the selection figure")
+                    label=f"within the flag threshold: {band:.1f} points below the selection figure")
     ax.plot(line, line, color="black", lw=1, zorder=2, label="strong = selection (y = x)")
     ax.plot(line, [v - band for v in line], color="#56B4E9", lw=1, ls="--", zorder=2)
     for state in STATE_COLORS:
