@@ -19,14 +19,13 @@ rule is ``study.tune_backend.make_scheduler``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from advtune.trainables.config import TrialConfig
 
 __all__ = ["RULES", "DEFAULT_RULE", "PruningRule", "full_strength_point", "rung_time", "default_rule_for",
-           "make_rule", "DEFAULT_FULL_STRENGTH_GRACE", "DEFAULT_REDUCTION_FACTOR", "trial_rung_epochs", "asha_rungs"]
+           "make_rule", "rule_of", "DEFAULT_FULL_STRENGTH_GRACE", "DEFAULT_REDUCTION_FACTOR", "trial_rung_epochs", "asha_rungs"]
 
 
 def asha_rungs(grace: int, reduction_factor: int, max_epochs: int) -> list[int]:
@@ -91,8 +90,7 @@ class PruningRule:
 
     def rungs(self) -> list[float]:
         """The times at which ASHA compares trials, as Ray's ASHA builds them (``grace·rf^k`` below max_t)."""
-        n = int(math.log(self.max_t / self.grace) / math.log(self.reduction_factor) + 1)
-        return [self.grace * self.reduction_factor ** k for k in range(n) if self.grace * self.reduction_factor ** k < self.max_t]
+        return [float(r) for r in asha_rungs(self.grace, self.reduction_factor, self.max_epochs)]
 
     def describe(self) -> str:
         unit = "epochs" if self.name == "epoch" else "epochs at full strength"
@@ -100,11 +98,18 @@ class PruningRule:
         return f"{self.name} ({RULES[self.name]}): rungs at {unit} {rungs}, keeping the top 1/{self.reduction_factor}"
 
 
+def rule_of(spec: Mapping[str, Any]) -> PruningRule:
+    """The pruning rule of a study from its JSON form (the marker's ``spec``; studies from before the rule was a
+    setting pruned on raw epochs)."""
+    return make_rule(spec.get("pruning", "epoch"), spec["grace_period"],
+                     spec.get("full_strength_grace", DEFAULT_FULL_STRENGTH_GRACE), spec["reduction_factor"],
+                     spec["max_epochs"])
+
+
 def trial_rung_epochs(spec: Mapping[str, Any], params: Mapping[str, Any]) -> list[float]:
     """The epochs at which a trial of the study ``spec`` (its JSON form) with searched ``params`` meets
     ASHA's rungs (it is compared at its first validation at or after each): what the report draws."""
-    rule = make_rule(spec.get("pruning", "epoch"), spec["grace_period"], spec.get("full_strength_grace", DEFAULT_FULL_STRENGTH_GRACE),
-                     spec["reduction_factor"], spec["max_epochs"])
+    rule = rule_of(spec)
     if rule.name == "epoch":
         return rule.rungs()
     point = full_strength_point({**spec.get("base_config", {}), **params})

@@ -256,10 +256,9 @@ never touches the test set); the PNG files beside this page are the same plots.<
 def _rungs_text(spec: dict[str, Any], rungs: list) -> str:
     """Where ASHA compared trials, in the study's pruning rule's unit (study/pruning.py)."""
     if spec.get("pruning", "epoch") == "full_strength":
-        from .pruning import DEFAULT_FULL_STRENGTH_GRACE, make_rule
+        from .pruning import rule_of
 
-        fs = make_rule("full_strength", spec["grace_period"], spec.get("full_strength_grace", DEFAULT_FULL_STRENGTH_GRACE),
-                       spec["reduction_factor"], spec["max_epochs"]).rungs()
+        fs = rule_of(spec).rungs()
         return (f"rule full_strength: rungs at {', '.join(f'{r:g}' for r in fs) or 'none'} epoch(s) at full strength, "
                 f"after each trial's own warmup and eps ramp")
     return f"rungs at epoch {', '.join(str(r) for r in rungs) or 'none'}"
