@@ -72,21 +72,10 @@ def _namespace(command: str, given: dict[str, Any], skip: tuple[str, ...] = ()) 
 
 
 def _config(config=None, overrides=None):
-    """A TrialConfig from a TrialConfig, a dict of keys, a YAML path or None (the embedded default), with
-    ``KEY=VALUE`` overrides (``advtune --set``) or a dict of them applied."""
+    """A TrialConfig from a TrialConfig, a dict of keys, a YAML path or None, with overrides (``TrialConfig.load``)."""
     from advtune.trainables.config import TrialConfig
 
-    if config is None:
-        cfg = TrialConfig()
-    elif isinstance(config, TrialConfig):
-        cfg = config
-    elif isinstance(config, dict):
-        cfg = TrialConfig.from_dict(config)
-    else:
-        cfg = TrialConfig.from_yaml(config)
-    if isinstance(overrides, dict):
-        return cfg.replace(**overrides)
-    return cfg.with_overrides(list(overrides)) if overrides else cfg
+    return TrialConfig.load(config, overrides)
 
 
 # --- running ---------------------------------------------------------------------------------------------

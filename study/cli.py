@@ -29,8 +29,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _load_config(args: argparse.Namespace):
     from advtune.trainables.config import TrialConfig
 
-    cfg = TrialConfig.from_yaml(args.config) if getattr(args, "config", None) else TrialConfig()
-    return cfg.with_overrides(args.set or []) if getattr(args, "set", None) else cfg
+    return TrialConfig.load(getattr(args, "config", None), getattr(args, "set", None))
 
 
 def _default_out(kind: str, cfg) -> Path:

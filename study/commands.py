@@ -206,11 +206,10 @@ def run(args: argparse.Namespace, base=None):
     (default: ``--config`` and ``--set``). Returns the StudySpec, or None for ``--dry-run``."""
     from .spec import build_spec, describe
 
-    if base is None:  # --config and --set, read as every command reads them (not imported from cli: cli imports us)
+    if base is None:  # --config and --set, read as every command reads them
         from advtune.trainables.config import TrialConfig
 
-        base = TrialConfig.from_yaml(args.config) if args.config else TrialConfig()
-        base = base.with_overrides(args.set) if args.set else base
+        base = TrialConfig.load(args.config, args.set)
     spec, space = build_spec(args, base)
     from advtune.trainables.user_code import check_importable
 

@@ -199,6 +199,24 @@ class TrialConfig:
         return cls(**dict(data))
 
     @classmethod
+    def load(cls, config: "TrialConfig | Mapping[str, Any] | str | Path | None" = None,
+             overrides: "Mapping[str, Any] | list[str] | None" = None) -> "TrialConfig":
+        """The base config every command and the Python API start from: ``config`` as a TrialConfig, a dict of
+        keys, a YAML path or None (the embedded default), then ``overrides``: ``KEY=VALUE`` strings (``--set``)
+        or a dict of values."""
+        if config is None:
+            cfg = cls()
+        elif isinstance(config, cls):
+            cfg = config
+        elif isinstance(config, Mapping):
+            cfg = cls.from_dict(config)
+        else:
+            cfg = cls.from_yaml(config)
+        if isinstance(overrides, Mapping):
+            return cfg.replace(**overrides)
+        return cfg.with_overrides(list(overrides)) if overrides else cfg
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> "TrialConfig":
         path = Path(path)
         try:
