@@ -302,6 +302,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         spec = replace(spec, address=args.address)
     from .records import StudyRecords
 
+    StudyRecords(study_dir).drop_never_started()  # a trial folder a killed driver left before Tune saved the trial
     added = StudyRecords(study_dir).complete_from_histories()
     print(f"resuming study {spec.name} in {study_dir}"
           + (f" ({added} epoch(s) restored from the trials' histories)" if added else ""), flush=True)

@@ -212,6 +212,21 @@ class StudyRecords:
                 last, added = m["epoch"], added + 1
         return added
 
+    def drop_never_started(self) -> int:
+        """Before a resume: remove trial folders that hold nothing but ``params.json``. The driver writes it
+        when Tune starts a trial; a driver killed right then can leave a trial Tune's saved state does not
+        know, which the resumed search replaces by a new trial (same values, new id), and the orphan folder
+        would count as a trial of its own. A trial Tune does know and restarts writes its params.json again
+        at its start. Returns how many were removed."""
+        import shutil
+
+        root = self.study_dir / "trials"
+        gone = [d for d in root.iterdir() if d.is_dir() and [p.name for p in d.iterdir()] == ["params.json"]] \
+            if root.exists() else []
+        for d in gone:
+            shutil.rmtree(d, ignore_errors=True)
+        return len(gone)
+
     def complete_from_histories(self) -> int:
         """:meth:`complete` every unfinished trial from its ``history.jsonl`` (a study on a shared path)."""
         added = sum(self.complete(rec.trial_id, read_jsonl(rec.directory / "history.jsonl"))

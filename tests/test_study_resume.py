@@ -114,3 +114,20 @@ def test_resume_refuses_a_directory_advtune_did_not_write(tmp_path):
                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert res.returncode == 2
     assert "not an advtune study directory" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_resume_drops_a_trial_folder_a_killed_driver_left_with_only_its_params(tmp_path):
+    """The killed-driver test above met it 2 times in 4 runs: the driver wrote a trial's params.json as Tune
+    started it and died before Tune saved that trial; the resumed search replaced it by a new trial with the
+    same values, and the orphan folder counted as a fifth trial of four."""
+    import json
+
+    from advtune.study.records import StudyRecords
+
+    trials = tmp_path / "trials"
+    for name, files in {"orphan": ["params.json"], "ran": ["params.json", "metrics.jsonl", "history.jsonl"]}.items():
+        (trials / name).mkdir(parents=True)
+        for f in files:
+            (trials / name / f).write_text(json.dumps({"peak_lr": 0.01}) if f == "params.json" else "")
+    assert StudyRecords(tmp_path, tensorboard=False).drop_never_started() == 1
+    assert sorted(d.name for d in trials.iterdir()) == ["ran"]
