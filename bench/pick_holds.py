@@ -48,7 +48,9 @@ def one_seed(seed: int, extra: list[str], runs: Path, env: dict, test_args: list
     best = yaml.safe_load((study / "export" / "best.yaml").read_text())["entries"][0]
     final = json.loads((study / "final_eval.json").read_text())["trials"][best["trial_id"]]
     out = runs / f"{name}-test.json"
-    _run([*ADVTUNE, "eval", "--checkpoint", best["checkpoint"], "--split", "test", "--no-sanity", "--quiet",
+    # an export names the study's own files relative to the export file (portable exports)
+    checkpoint = best["checkpoint"] if "://" in best["checkpoint"] else str(study / "export" / best["checkpoint"])
+    _run([*ADVTUNE, "eval", "--checkpoint", checkpoint, "--split", "test", "--no-sanity", "--quiet",
           "--json", str(out), *test_args], env)
     test = json.loads(out.read_text())["results"][-1]
     return {"selection": 100 * final["selection_robust_acc"], "strong": 100 * final["robust_acc"],
