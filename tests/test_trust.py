@@ -61,6 +61,19 @@ def test_guard_still_stops_a_run_forced_to_overfit_and_counts_its_passes(recorde
     assert m["guard_passes"] == (1 + 10) * 512  # FGSM + PGD-10 on the 512-image guard batch
 
 
+def test_guard_names_the_validation_it_stopped_at(recorder):
+    """With two validations an epoch the guard that tripped at the first (mid-epoch) said 'at epoch 1'
+    (the epoch being trained, counted from 1), which reads as a full epoch of training; the stop
+    reason names the training progress of the check, as the metrics do."""
+    cfg = TrialConfig(**{**TINY, "attack": "fgsm_rs", "epochs": 2, "evals_per_epoch": 2, "co_gap": 0.0, "eps_ramp": 0.0})
+    rep = recorder()
+    summary = finetune.run(cfg, rep)
+    assert summary["status"] == "catastrophic_overfitting"
+    at = rep.metrics[-1]["epoch"]
+    assert 0 < at < 1  # the first validation, mid-epoch (its batch boundary: 0.44 of an epoch on TINY's batches)
+    assert f"catastrophic overfitting at epoch {at:.3g}:" in summary["stop_reason"], summary["stop_reason"]
+
+
 # ---------------------------------------------------------------- fp16 attacks
 
 def _zero_grad_fraction(model, x, y, dtype) -> float:

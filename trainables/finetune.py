@@ -274,7 +274,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
                 rising = state["best"] >= 0 and metrics["robust_acc"] > state["best"]
                 if not rising and (fgsm_acc - pgd_acc > cfg.co_gap or pgd_acc < state["co_best_pgd"] - cfg.co_drop):
                     status = "catastrophic_overfitting"
-                    stop_reason = (f"catastrophic overfitting at epoch {epoch + 1}: on a training batch at train eps "
+                    stop_reason = (f"catastrophic overfitting at epoch {at:.3g}: on a training batch at train eps "
                                    f"{cfg.train_eps_value:.4g} FGSM accuracy {fgsm_acc:.2f} vs PGD-10 {pgd_acc:.2f} "
                                    f"(best PGD {max(state['co_best_pgd'], 0):.2f}); robust val acc "
                                    f"{metrics['robust_acc']:.3f} not above its best {max(state['best'], 0):.3f}")
