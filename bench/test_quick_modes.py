@@ -52,6 +52,13 @@ PROMISES = {
         rf"^RATIO scratch robust={NUM} clean={NUM} grad_passes={NUM}",
         rf"^RATIO compute_scratch_over_finetune total={NUM} at_equal_robust={NUM} lower_bound={NUM}",
     ],
+    "full_scale.py": [
+        rf"^RATIO arm=baseline clean={NUM} pgd50={NUM} aa={NUM} train_passes={NUM} pretrain_passes={NUM} "
+        rf"passes_over_baseline={NUM}",
+        rf"^RATIO pair=ft_recipe/baseline level={NUM} ft_passes={NUM} scratch_passes={NUM} at_equal_robust={NUM} "
+        rf"at_equal_robust_no_pretrain={NUM}",
+        rf"^RATIO study budget_passes={NUM} budget_over_baseline={NUM} trials={NUM}",
+    ],
     "pruning_fidelity.py": [
         rf'^RATIO data=\S+ rule="{label}" rungs=\S+ spearman={NUM} kendall={NUM} best_survives={NUM} regret_pts={NUM} '
         rf"regret_images={NUM} worst_regret_pts={NUM} compute={NUM}"
@@ -61,6 +68,7 @@ PROMISES = {
 # numbers that must be finite and positive (the others may be nan: e.g. a target never reached)
 # (at_equal_robust is nan when scratch never reaches fine-tuning's accuracy; the lower bound is then what counts)
 MUST_BE_FINITE = {"pick_holds.py": (), "importance_reliability.py": None, "attack_cost.py": None, "cloud_upload.py": None, "overhead.py": None, "finetune_vs_scratch.py": (0, 2), "search_efficiency.py": (),
+                  "full_scale.py": (0, 1),  # the quick mode runs no AutoAttack (aa=nan)
                   "worker_memory.py": (0, 1),  # growth may be negative
                   "pruning_fidelity.py": (2, 6)}  # best_survives, compute (3 tiny configurations: ranks may tie)
 
