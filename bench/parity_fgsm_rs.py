@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pick_holds import ADVTUNE, ROOT  # noqa: E402  the same CLI invocation as the other benchmarks
+from pick_holds import _run as _run_env  # noqa: E402
 
 
 def _run(cmd: list[str]) -> str:
-    out = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, stdin=subprocess.DEVNULL)
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return out.stdout
+    return _run_env(cmd, dict(os.environ))
 
 
 def _eval(ckpt: Path, n: int, target: Path) -> dict:
