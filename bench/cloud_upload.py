@@ -1,10 +1,10 @@
 """Cost of a study in cloud storage: the per-epoch upload of a trial's checkpoint against the epoch itself.
 
-A trial in a cloud study hands each epoch's checkpoint folder (best.pt + last.pt + two small JSON files) to
-Ray Tune, which copies it to the bucket (``pyarrow.fs.copy_files``, Ray's own
-``_pyarrow_fs_copy_files``) before the trial goes on: the upload is on the trial's critical path. This
+A trial in a cloud study uploads each epoch's checkpoint folder (best.pt + last.pt + two small JSON files) to
+the bucket (``trainables.cloud_adapter.store``: ``pyarrow.fs.copy_files`` one file at a time, as Ray's own
+checkpoint upload does) before it reports the epoch: the upload is on the trial's critical path. This
 trains advtune's trial (``finetune.run``) with a reporter that does exactly that upload, through the same
-Ray helper, to an S3-compatible server on loopback (moto in server mode, pyarrow's real S3 client), and
+function, to an S3-compatible server on loopback (moto in server mode, pyarrow's real S3 client), and
 times each upload against the epoch's ``epoch_seconds``.
 
 Loopback is the upload's best case (no network, but moto's Python server parses every request); scale
@@ -52,7 +52,7 @@ def _moto() -> tuple[subprocess.Popen, str]:
 
 
 class UploadingReporter:
-    """Uploads each checkpoint folder as Ray Tune does for a cloud study, timing it."""
+    """Uploads each checkpoint folder as a cloud study's trial does, timing it."""
 
     def __init__(self, fs, root: str) -> None:
         self.fs, self.root = fs, root
@@ -61,17 +61,14 @@ class UploadingReporter:
         self.sizes: list[int] = []
 
     def report(self, metrics, checkpoint_dir):
-        from ray.train._internal.storage import _pyarrow_fs_copy_files
-
-        from advtune.trainables.cloud_adapter import _seal
+        from advtune.trainables.cloud_adapter import _seal, store
 
         if checkpoint_dir is None:
             return
         _seal(checkpoint_dir, metrics["epoch"], [metrics])
         dest = f"{self.root}/checkpoint_{len(self.uploads):06d}"
         t0 = time.perf_counter()
-        self.fs.create_dir(dest)
-        _pyarrow_fs_copy_files(checkpoint_dir, dest, destination_filesystem=self.fs)
+        store(self.fs, checkpoint_dir, dest)
         self.uploads.append(time.perf_counter() - t0)
         self.epochs.append(metrics["epoch_seconds"])
         self.sizes.append(sum(p.stat().st_size for p in Path(checkpoint_dir).iterdir()))

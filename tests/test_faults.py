@@ -221,3 +221,63 @@ def test_study_directory_size_is_bounded_as_epochs_grow(local_ray, tmp_path, cap
     assert abs(ckpt6 - ckpt2) < 0.01 * ckpt2, "checkpoint bytes must not grow with epochs"
     # only logs grow (a few KB an epoch), not checkpoints
     assert total6 - total2 < 0.1 * total2, sizes
+
+
+class _UploadCutOff:
+    """The local disk as a pyarrow filesystem, except that writing into a trial's second checkpoint folder fails:
+    an upload cut off (a lost node, a killed driver) after the epoch was trained."""
+
+    @staticmethod
+    def make():
+        import fsspec
+        import pyarrow.fs as pafs
+
+        class Handler(pafs.FSSpecHandler):
+            def open_output_stream(self, path, metadata):
+                if "/checkpoint_000001/" in path:
+                    raise OSError(f"upload cut off: {path}")
+                return super().open_output_stream(path, metadata)
+
+        return pafs.PyFileSystem(Handler(fsspec.filesystem("file", auto_mkdir=True)))  # as S3: no folders to make
+
+
+def _two_cloud_epochs(config):
+    """A trial of a cloud study reduced to its reports: two epochs' checkpoint folders through CloudReporter."""
+    import tempfile
+
+    from ray import tune
+
+    from advtune.trainables.cloud_adapter import CloudReporter
+
+    ctx = tune.get_context()
+    reporter = CloudReporter(ctx.get_storage(), ctx.get_trial_id(), [])
+    for epoch in (1, 2):
+        d = Path(tempfile.mkdtemp())
+        for name in ("best.pt", "last.pt"):
+            (d / name).write_bytes(os.urandom(4096))
+        reporter.report({"epoch": epoch}, str(d))
+
+
+def test_a_cloud_epoch_whose_upload_was_cut_off_is_not_marked_trained(local_ray, tmp_path):
+    """The mark `epochs_trained/<epoch>-<attempt>` (how the cloud tests prove no stored epoch is redone) must mean
+    the epoch's checkpoint is complete in the bucket: an epoch cut off in its upload is trained again on resume,
+    and marking it before the upload made that redo look like a resume bug (a flaky CI failure: [1, 2, 3, 3])."""
+    import sys
+
+    import ray.cloudpickle
+    from ray import tune
+
+    from advtune.trainables.cloud_adapter import complete_checkpoints
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the tests
+    fs = _UploadCutOff.make()
+    grid = tune.Tuner(_two_cloud_epochs, run_config=tune.RunConfig(
+        name="cut", storage_path=str(tmp_path), storage_filesystem=fs,
+        failure_config=tune.FailureConfig(max_failures=0))).fit()
+    assert grid.errors and "upload cut off" in str(grid.errors[0])
+    trials = list((tmp_path / "cut" / "trials").iterdir())
+    assert len(trials) == 1
+    marked = sorted(p.name.split("-")[0] for p in (trials[0] / "epochs_trained").iterdir())
+    stored = [epoch for epoch, _, _ in complete_checkpoints(fs, str(Path(grid[0].path)))]
+    assert stored == [1.0]
+    assert marked == ["1"], f"epochs marked trained {marked}, stored {stored}"

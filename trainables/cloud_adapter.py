@@ -1,10 +1,13 @@
-"""A trial of a study in cloud storage (``--storage-path s3://…``): checkpoints go through Ray Tune's upload.
+"""A trial of a study in cloud storage (``--storage-path s3://…``): checkpoints registered with Ray Tune.
 
 Each validation's checkpoint folder (``best.pt``, ``last.pt``, plus ``history.jsonl``: the metrics of every
-checkpointed epoch, and ``manifest.json``: the epoch and each file's size) is handed to
-``tune.report(metrics, checkpoint=Checkpoint.from_directory(d))``; Ray uploads it to
-``<study>/<ray trial dir>/checkpoint_NNNNNN/`` and, with ``CheckpointConfig(num_to_keep=1)``, deletes the one
-before: one best + last pair per trial in the bucket.
+checkpointed epoch, and ``manifest.json``: the epoch and each file's size) is uploaded by the trial to the
+folder Ray's report is about to register, ``<study>/<ray trial dir>/checkpoint_NNNNNN/``, and then registered
+with ``tune.report(metrics, checkpoint=…)`` (handing Ray an empty folder: it copies nothing, the files are
+already there). With ``CheckpointConfig(num_to_keep=1)`` Ray deletes the one before: one best + last pair per
+trial in the bucket. The trial uploads before reporting so that the epoch's mark (below) is written only once
+its checkpoint is complete in the bucket: inside ``tune.report`` nothing of the trial runs after the upload
+(a trial's last report never returns).
 
 Resuming does not trust ``tune.get_checkpoint()`` alone. It comes from Ray's experiment snapshot, which is
 uploaded asynchronously after a trial's checkpoint: a driver killed in between restores a snapshot that
@@ -14,8 +17,10 @@ by a lost node is skipped) of the highest epoch, whichever Ray named; and it mov
 past every folder there, so a new checkpoint never overwrites the one it resumed from. No finished epoch is
 redone after a retry, a lost node or a killed driver.
 
-``<study>/trials/<id>/epochs_trained/<epoch>-<attempt>`` is written (one small object) before each epoch is
-reported: an epoch trained twice leaves two objects, which is how the tests prove no epoch is redone.
+``<study>/trials/<id>/epochs_trained/<epoch>-<attempt>`` is written (one small object) once each epoch's
+checkpoint is complete in the bucket, before it is reported: an epoch trained twice after it was stored
+leaves two objects, which is how the tests prove no stored epoch is redone. (An epoch cut off before its
+checkpoint was complete is trained again, and marked once: its first training was lost.)
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CloudReporter", "run_cloud_trial", "complete_checkpoints", "newest_checkpoint", "keep_only_newest",
+__all__ = ["CloudReporter", "run_cloud_trial", "store", "complete_checkpoints", "newest_checkpoint", "keep_only_newest",
            "MANIFEST", "HISTORY", "upload", "fetch"]
 
 MANIFEST, HISTORY = "manifest.json", "history.jsonl"
@@ -39,6 +44,16 @@ def _seal(ckpt_dir: str, epoch: float, history: list[dict[str, Any]]) -> None:
     (d / HISTORY).write_text("".join(json.dumps(m) + "\n" for m in history))
     files = {p.name: p.stat().st_size for p in d.iterdir() if p.is_file() and p.name != MANIFEST}
     (d / MANIFEST).write_text(json.dumps({"epoch": epoch, "files": files}))
+
+
+def store(fs, checkpoint_dir: str, dest: str) -> None:
+    """Upload the checkpoint folder ``checkpoint_dir`` to ``dest`` on ``fs``; complete when it returns."""
+    import pyarrow.fs as pafs
+
+    fs.create_dir(dest)
+    # one file at a time: pyarrow's threaded upload to S3 is unsafe (apache/arrow#32372; Ray's own upload of
+    # checkpoints avoids it the same way)
+    pafs.copy_files(checkpoint_dir, dest, destination_filesystem=fs, use_threads=False, chunk_size=64 << 20)
 
 
 def complete_checkpoints(fs, trial_path: str) -> list[tuple[float, int, str]]:
@@ -121,7 +136,7 @@ def keep_only_newest(fs, trial_path: str) -> tuple[float, int, str] | None:
 
 
 class CloudReporter:
-    """Hands each checkpoint folder to Ray Tune (which uploads it) and keeps the trial's history."""
+    """Uploads each checkpoint folder to the bucket, registers it with Ray Tune, and keeps the trial's history."""
 
     def __init__(self, storage, trial_id: str, history: list[dict[str, Any]]) -> None:
         self.storage, self.fs, self.history = storage, storage.storage_filesystem, history
@@ -140,13 +155,22 @@ class CloudReporter:
             return
         self.history.append(metrics)
         _seal(checkpoint_dir, metrics["epoch"], self.history)
-        with self.fs.open_output_stream(f"{self.marks}/{metrics['epoch']:g}-{self.attempt}") as f:
-            f.write(json.dumps({"epoch": metrics["epoch"], "node_id": metrics["node_id"]}).encode())
+        # Ray's report moves the trial's checkpoint index on by one and registers the folder of the new index
+        dest = f"{self.storage.trial_fs_path}/checkpoint_{self.storage.current_checkpoint_index + 1:06d}"
+        nothing = tempfile.mkdtemp(prefix="advtune-registered-")
         try:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))  # uploads before returning
+            store(self.fs, checkpoint_dir, dest)
+            with self.fs.open_output_stream(f"{self.marks}/{metrics['epoch']:g}-{self.attempt}") as f:
+                f.write(json.dumps({"epoch": metrics["epoch"], "node_id": metrics["node_id"]}).encode())
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(nothing))  # registers dest
         finally:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        _empty_others(self.fs, self.storage.trial_fs_path, self.storage.checkpoint_fs_path)
+            shutil.rmtree(nothing, ignore_errors=True)
+        if self.storage.checkpoint_fs_path.strip("/") != dest.strip("/"):
+            raise RuntimeError(f"Ray registered the checkpoint as {self.storage.checkpoint_fs_path}, not {dest} where "
+                               "advtune uploaded it: this Ray version numbers checkpoints unlike Ray 2.60, which advtune "
+                               "is tested with; install ray[tune]==2.60.*")
+        _empty_others(self.fs, self.storage.trial_fs_path, dest)
 
 
 def run_cloud_trial(cfg, trial_id: str) -> None:

@@ -47,8 +47,6 @@ class TuneReporter:
 
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "torch_threads": torch.get_num_threads()}
         if checkpoint_dir is not None:
-            with open(self.trial_dir / "epochs_trained.log", "a") as log:  # append-only: proves no epoch is redone
-                log.write(f"{metrics['epoch']}\n")
             # before the checkpoint: every epoch a resume starts after is in it (a killed driver may not have
             # recorded the epoch; `advtune resume` puts it back from here). A kill between the two leaves
             # the history one epoch ahead; the epoch is then trained again and its new line replaces that one.
@@ -59,6 +57,10 @@ class TuneReporter:
                 if os.path.exists(src):
                     copy_atomic(src, self.trial_dir / name)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            # after the checkpoint (an epoch cut off before it was stored is trained again, and logged once):
+            # append-only, it proves that no stored epoch is redone
+            with open(self.trial_dir / "epochs_trained.log", "a") as log:
+                log.write(f"{metrics['epoch']}\n")
         tune.report(metrics)
 
 
