@@ -22,6 +22,7 @@ the order the events happen and stops trials as it would in a study. Per rule it
 
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-digits-sfd.json [more.json] --seeds 200
     .venv/bin/python bench/pruning_fidelity.py --quick      # records 3 tiny configurations first (~1 min)
+    .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40   # 72 rules (~2 min)
 
 Prints ``RATIO data=<name> rule=<rule> spearman=… kendall=… best_survives=… regret_pts=… compute=…`` per
 rule, and writes a plot (``--plot``).
@@ -56,6 +57,25 @@ CANDIDATES = [
     ("decay_progress g2 rf2", "decay_progress", 2, 2),
 ]
 OLD, NEW = CANDIDATES[0][0], CANDIDATES[5][0]
+# --grid: both clocks, first rung 0.5-2.5 epochs, reduction factor 2-5 (the search for a rule within the compute
+# target, benchmarks §9); TARGETS: the fidelity targets of the pruning issue, on every problem
+GRID = [(f"{rule} g{g:g} rf{rf}", rule, g, rf) for rule in ("full_strength", "decay_progress")
+        for g in (0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.25, 2.5) for rf in (2, 3, 4, 5)]
+TARGETS = {"spearman": 0.85, "best_survives": 0.9, "regret_pts": 1.0, "compute": 0.6}
+
+
+def grid_summary(analyses: list[dict]) -> None:
+    """One GRID line per rule: its figures on every problem, and whether it meets the fidelity targets on all
+    of them and the compute target on all of them."""
+    for label, *_ in GRID:
+        res = [a["results"][label] for a in analyses]
+        fidelity = all(r["spearman"] >= TARGETS["spearman"] and r["best_survives"] >= TARGETS["best_survives"]
+                       and r["regret_pts"] <= TARGETS["regret_pts"] for r in res)
+        cheap = all(r["compute"] <= TARGETS["compute"] for r in res)
+        cells = " ".join(f"{k}={'/'.join(f'{r[k]:.2f}' for r in res)}"
+                         for k in ("spearman", "best_survives", "regret_pts", "compute"))
+        print(f"GRID rule=\"{label}\" fidelity_targets={'met' if fidelity else 'missed'} "
+              f"compute_target={'met' if cheap else 'missed'} {cells}", flush=True)
 
 
 @dataclass
@@ -221,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--plot", type=Path)
     ap.add_argument("--quick", action="store_true", help="record 3 tiny configurations, replay 5 seeds")
+    ap.add_argument("--grid", action="store_true", help="replay the GRID of rules instead of the table's candidates "
+                    "and print one GRID line per rule over all the data given")
     args = ap.parse_args(argv)
     if args.quick:
         from pruning_record import main as record
@@ -230,6 +252,14 @@ def main(argv=None) -> int:
         args.data, args.seeds = [tmp], 5
     if not args.data:
         ap.error("give recorded curves (docs/data/pruning-*.json) or --quick")
+    if args.grid:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the per-rule RATIO lines: GRID lines say it shorter
+            analyses = [analyse(p, args.seeds, GRID) for p in args.data]
+        grid_summary(analyses)
+        return 0
     analyses = [analyse(p, args.seeds) for p in args.data]
     if args.plot:
         plot(analyses, args.plot)
