@@ -7,7 +7,10 @@ reported metric per epoch (step = Tune's training iteration, i.e. the validation
 logged beside it). advtune writes no tracker client of its own; the one thing Tune's callbacks cannot
 log — the final strong evaluation, which runs after the search — goes to each trial's MLflow run through
 MLflow's own ``MlflowClient``, found by the tag ``advtune_trial_id`` this module adds. W&B runs are
-closed by Tune when their trial ends (and an offline run cannot be reopened), so W&B gets no strong figures.
+closed by Tune when their trial ends (and an offline run cannot be reopened), so W&B gets the strong figures
+in one more run of the study's group, ``<study>-final-evaluation`` (job type ``final_evaluation``): a table
+``final_evaluation`` with one row per evaluated trial, and each figure in the run's summary as
+``<trial id>/strong_robust_acc`` etc.
 """
 from __future__ import annotations
 
@@ -85,21 +88,28 @@ def _mlflow_callback(uri: str | None, experiment: str):
     return _TaggedMLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment, tags={"advtune_study": experiment})
 
 
+STRONG_KEYS = ("robust_acc", "clean_acc", "gap")  # logged as strong_<key>, fractions
+
+
 def log_final(spec, study_dir: Path) -> int:
-    """Log the final strong evaluation (``STUDY/final_eval.json``) to each evaluated trial's MLflow run:
-    ``strong_robust_acc``, ``strong_clean_acc``, ``strong_gap`` (fractions) and the attack as a tag. Returns
-    how many runs got them; 0 without an MLflow tracker or a final evaluation."""
-    targets = [t for t in getattr(spec, "trackers", ()) or () if t.partition(":")[0] == "mlflow"]
-    if not targets:
+    """Log the final strong evaluation (``STUDY/final_eval.json``) to the trackers: to each evaluated trial's
+    MLflow run ``strong_robust_acc``, ``strong_clean_acc``, ``strong_gap`` (fractions) and the attack as a tag;
+    to W&B one run of the study's group holding them all (see the module docstring). Returns how many tracker
+    runs got them; 0 without a tracker or a final evaluation."""
+    trackers = [t for t in getattr(spec, "trackers", ()) or ()]
+    if not trackers:
         return 0
     from .final_eval import load_final
 
     final = load_final(study_dir).get("trials") or {}
     if not final:
         return 0
+    logged = sum(_wandb_final(spec, text, final) for text in trackers if text.partition(":")[0] == "wandb")
+    targets = [t for t in trackers if t.partition(":")[0] == "mlflow"]
+    if not targets:
+        return logged
     from mlflow.tracking import MlflowClient
 
-    logged = 0
     for text in targets:
         client = MlflowClient(tracking_uri=mlflow_uri(text))
         experiment = client.get_experiment_by_name(spec.name)
@@ -108,9 +118,32 @@ def log_final(spec, study_dir: Path) -> int:
         for trial_id, strong in final.items():
             runs = client.search_runs([experiment.experiment_id], f"tags.{TRIAL_TAG} = '{trial_id}'")
             for run in runs:
-                for key in ("robust_acc", "clean_acc", "gap"):
+                for key in STRONG_KEYS:
                     if isinstance(strong.get(key), (int, float)):
                         client.log_metric(run.info.run_id, f"strong_{key}", float(strong[key]))
                 client.set_tag(run.info.run_id, "strong_attack", str(strong.get("attack", "")))
                 logged += 1
     return logged
+
+
+def _wandb_final(spec, text: str, final: dict[str, dict]) -> int:
+    """One W&B run ``<study>-final-evaluation`` in the study's group (the trials' runs are closed): the table
+    ``final_evaluation`` (one row per evaluated trial) and each figure in its summary. Returns 1."""
+    import wandb
+
+    project = text.partition(":")[2] or "advtune"
+    columns = ["trial_id", *(f"strong_{k}" for k in STRONG_KEYS), "selection_robust_acc", "attack", "images", "flag"]
+    rows = [[trial_id, *(s.get(k) for k in STRONG_KEYS), s.get("selection_robust_acc"), str(s.get("attack", "")),
+             s.get("n"), bool(s.get("flag"))] for trial_id, s in sorted(final.items())]
+    run = wandb.init(project=project, group=spec.name, name=f"{spec.name}-final-evaluation",
+                     id=f"{spec.name}-final-evaluation", job_type="final_evaluation", resume="allow",
+                     config={"advtune_study": spec.name})
+    try:
+        run.log({"final_evaluation": wandb.Table(columns=columns, data=rows)})
+        for trial_id, s in final.items():
+            for key in STRONG_KEYS:
+                if isinstance(s.get(key), (int, float)):
+                    run.summary[f"{trial_id}/strong_{key}"] = float(s[key])
+    finally:
+        run.finish()
+    return 1

@@ -72,8 +72,18 @@ def test_a_tracked_study_is_read_back_from_mlflow_and_wandb_offline(tmp_path):
             assert run.data.metrics["strong_robust_acc"] == pytest.approx(final[trial_id]["robust_acc"])
             assert run.data.metrics["strong_gap"] == pytest.approx(final[trial_id]["gap"])
             assert run.data.tags["strong_attack"] == final[trial_id]["attack"]
-    # W&B, offline: one run per trial, its id the trial id, with the trial's metrics in its history file
-    offline = sorted((tmp_path / "wb").rglob("offline-run-*"))
-    assert {p.name.rsplit("-", 1)[-1] for p in offline} == set(trial_ids), offline
-    for run_dir in offline:
+    # W&B, offline: one run per trial, its id the trial id, with the trial's metrics in its history file, and one
+    # run of the final evaluation whose table holds each evaluated trial's strong figures
+    offline = {p.name.split("-", 3)[-1]: p for p in (tmp_path / "wb").rglob("offline-run-*")}
+    assert set(offline) == {*trial_ids, "tracked-final-evaluation"}, offline
+    for run_dir in offline.values():
         assert list(run_dir.glob("*.wandb")), f"{run_dir} holds no W&B history"
+    tables = list(offline["tracked-final-evaluation"].rglob("final_evaluation_*.table.json"))
+    assert len(tables) == 1, tables
+    table = json.loads(tables[0].read_text())
+    rows = {row[0]: dict(zip(table["columns"], row)) for row in table["data"]}
+    assert set(rows) == set(final)
+    for trial_id, strong in final.items():
+        assert rows[trial_id]["strong_robust_acc"] == pytest.approx(strong["robust_acc"])
+        assert rows[trial_id]["strong_gap"] == pytest.approx(strong["gap"])
+        assert rows[trial_id]["attack"] == strong["attack"]
