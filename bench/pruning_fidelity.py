@@ -23,6 +23,7 @@ the order the events happen and stops trials as it would in a study. Per rule it
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-digits-sfd.json [more.json] --seeds 200
     .venv/bin/python bench/pruning_fidelity.py --quick      # records 3 tiny configurations first (~1 min)
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40   # 72 rules (~2 min)
+    .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40 --tolerance 0.01
 
 Prints ``RATIO data=<name> rule=<rule> spearman=… kendall=… best_survives=… regret_pts=… compute=…`` per
 rule, and writes a plot (``--plot``).
@@ -241,6 +242,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--plot", type=Path)
     ap.add_argument("--quick", action="store_true", help="record 3 tiny configurations, replay 5 seeds")
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="replay ASHA with its cutoff lowered by this much (a trial within TOLERANCE of the cutoff "
+                         "continues: a band against validation noise). A what-if of the replay, not a rule advtune "
+                         "offers; it changes survival, regret and compute, not the rung figure's Spearman/Kendall")
     ap.add_argument("--grid", action="store_true", help="replay the GRID of rules instead of the table's candidates "
                     "and print one GRID line per rule over all the data given")
     args = ap.parse_args(argv)
@@ -252,6 +257,12 @@ def main(argv=None) -> int:
         args.data, args.seeds = [tmp], 5
     if not args.data:
         ap.error("give recorded curves (docs/data/pruning-*.json) or --quick")
+    if args.tolerance:
+        from ray.tune.schedulers import async_hyperband
+
+        cutoff = async_hyperband._Bracket.cutoff  # Ray's ASHA: the rung's (1 - 1/rf) quantile of recorded figures
+        async_hyperband._Bracket.cutoff = lambda self, recorded: (
+            None if not recorded else cutoff(self, recorded) - args.tolerance)
     if args.grid:
         import contextlib
         import io
