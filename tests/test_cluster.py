@@ -9,8 +9,9 @@ from ray.cluster_utils import Cluster
 from advtune.study.cli import main
 from advtune.study.records import StudyRecords
 
-TINY = ["--set", "train_steps=1", "--set", "val_steps=3", "--set", "pretrain_epochs=2",
-        "--final-attack", "none"]  # the final strong evaluation is tested in test_study.py
+# little data (the pretraining config of test_objectives and test_study_resume: pretrained once for the session)
+TINY = ["--set", "train_steps=1", "--set", "val_steps=3", "--set", "pretrain_epochs=10", "--set", "train_size=256",
+        "--set", "val_size=64", "--final-attack", "none"]  # the final strong evaluation is tested in test_study.py
 
 
 @pytest.fixture(scope="module")

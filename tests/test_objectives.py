@@ -18,7 +18,9 @@ from advtune.study.cli import main
 from advtune.study.objectives import TRIAL_ID_ATTR, WARM_ATTR, non_dominated, parse_objective
 from advtune.study.records import StudyRecords
 
-SETS = ["--set", "train_steps=2", "--set", "val_steps=3", "--set", "pretrain_epochs=3"]
+# little data (the pretraining config of test_study_resume and test_cluster: pretrained once for the session)
+SETS = ["--set", "train_steps=2", "--set", "val_steps=3", "--set", "pretrain_epochs=10", "--set", "train_size=256",
+        "--set", "val_size=64"]
 FINISHED = ("completed", "diverged", "catastrophic_overfitting")
 
 
@@ -133,7 +135,7 @@ def _spec(tmp_path, warm, **kw):
     args = dict(space="sfd", num_samples=4, max_epochs=3, grace_period=1, reduction_factor=3, concurrency=2,
                 cpus_per_trial=1.0, gpus_per_trial=0.0, address=None, storage_path=str(tmp_path), name="w",
                 seed=1, max_failures=0, verbose=False, assume_shared_storage=False, warm_start=warm, objective="robust")
-    return build_spec(SimpleNamespace(**{**args, **kw}), TrialConfig().with_overrides(["val_steps=3"]))
+    return build_spec(SimpleNamespace(**{**args, **kw}), TrialConfig().with_overrides(["val_steps=3", "val_size=64"]))
 
 
 def test_warm_start_sampler_holds_the_earlier_trials_and_proposes_otherwise(mo_study, tmp_path):

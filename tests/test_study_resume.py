@@ -14,7 +14,7 @@ import pytest
 
 from advtune.study.records import StudyRecords
 
-N_TRIALS, EPOCHS = 4, 4
+N_TRIALS, EPOCHS = 3, 4
 ADVTUNE = [sys.executable, "-m", "advtune.study.cli"]
 
 

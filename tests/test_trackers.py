@@ -14,7 +14,8 @@ from advtune.study.errors import StudyError
 from advtune.study.trackers import mlflow_uri, parse_trackers
 
 TINY_STUDY = ["--num-samples", "2", "--max-epochs", "2", "--concurrency", "2", "--cpus-per-trial", "1",
-              "--set", "pretrained=none", "--set", "train_steps=2", "--set", "val_steps=3",
+              "--set", "pretrained=none", "--set", "train_steps=2", "--set", "val_steps=3", "--set", "train_size=256",
+              "--set", "val_size=64",
               "--final-attack", "pgd", "--final-images", "32"]
 
 
