@@ -45,6 +45,22 @@ def test_a_systematic_offset_flags_no_trial_and_is_stated_once():
     assert GAP_WARNING not in table and table.count("it ranks, it does not measure") == 1
 
 
+def test_an_offset_on_most_but_not_all_trials_is_not_called_systematic():
+    """Two of three trials 14-15 points above the strong attack, one within 1: the median rule flags none (the
+    median is one of the two), and the gaps are not one offset shared by every trial. The reading must not
+    call it "a systematic offset, not one trial's masking" — masking in most trials reads the same (issue 25's
+    Adam fine-tuning study: the two high gaps were masked, APGD 18-23% against PGD-10 36-37%)."""
+    final = _final({"a": (0.37, 0.22), "b": (0.36, 0.22), "c": (0.30, 0.29)})
+    assert not any(e["flag"] for e in final["trials"].values())
+    (offset,) = [ln for ln in agreement_lines(final) if "points above the strong attack" in ln]
+    assert "systematic offset" not in offset and "not one trial's masking" not in offset
+    assert "14.0–15.0 points above the strong attack on 2 of 3 evaluated trials" in offset
+    assert "advtune eval --strict" in offset
+    # on every trial it is still stated as the offset it is
+    every = [ln for ln in agreement_lines(_final(DEFAULT_LIKE)) if "points above" in ln][0]
+    assert "a systematic offset" in every
+
+
 def test_one_trial_far_above_the_others_is_flagged_alone_and_named_with_its_evidence():
     pairs = {**DEFAULT_LIKE, "mask": (0.60, 0.25)}  # 35 points where the others lose 11-16
     reasons = flag_reasons(_entries(pairs))
