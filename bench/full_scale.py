@@ -95,7 +95,9 @@ def arm_config(arm: str, quick: bool) -> dict:
 
 
 def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from advtune.study.records import read_jsonl
+
+    return read_jsonl(run / "metrics.jsonl")
 
 
 def train(arm: str, cfg: dict, out: Path, seed: int) -> None:
@@ -110,30 +112,38 @@ def train(arm: str, cfg: dict, out: Path, seed: int) -> None:
     (run / "done").write_text(json.dumps({"wall_s": time.time() - t0}))
 
 
-def study(out: Path, seed: int, baseline_passes: int, quick: bool) -> dict:
-    """The study arm: a search whose trials' passes sum to at most BUDGET_X x the baseline's, then its best rerun."""
-    from advtune.study.records import StudyRecords
+STUDY_NAME = "full-scale"
 
-    runs, name = out / "studies", "full-scale"
+
+def study(out: Path, seed: int, quick: bool) -> None:
+    """The study arm: a search whose trials' passes sum to at most BUDGET_X x the baseline's, then its best rerun."""
+    runs = out / "studies"
     data = QUICK_DATA if quick else DATA
     sets = [a for k, v in data.items() for a in ("--set", f"{k}={v}")]
     samples, max_epochs = (2, 1) if quick else (8, 10)
     if not (out / "study.done").exists():
         t0 = time.time()
         _run([*ADVTUNE, "run", "--space", str(CONFIGS / "full_scale_space.yaml"), *sets, "--num-samples", str(samples),
-              "--max-epochs", str(max_epochs), "--seed", str(seed), "--name", name, "--storage-path", str(runs),
+              "--max-epochs", str(max_epochs), "--seed", str(seed), "--name", STUDY_NAME, "--storage-path", str(runs),
               "--final-attack", "pgd" if quick else "apgd", "--final-images", "64" if quick else "500"],
              out / "study.log")
         (out / "study.done").write_text(json.dumps({"wall_s": time.time() - t0}))
-    records = StudyRecords(runs / name, tensorboard=False).load()
-    spent = sum(r.grad_passes for r in records)
-    best = yaml.safe_load((runs / name / "export" / "best.yaml").read_text())["entries"][0]
-    export = sorted((runs / name / "export").glob("01-*.yaml"))[0]
+    export = sorted((runs / STUDY_NAME / "export").glob("01-*.yaml"))[0]
     rerun = out / "study_rerun"
     if not (rerun / "done").exists():
         t0 = time.time()
         _run([*ADVTUNE, "train", "--config", str(export), "--out", str(rerun), "--quiet"], out / "study_rerun.log")
         (rerun / "done").write_text(json.dumps({"wall_s": time.time() - t0}))
+
+
+def study_summary(out: Path, baseline_passes: int) -> dict:
+    """What the finished study spent and picked (read only: reporting never starts a run)."""
+    from advtune.study.records import StudyRecords
+
+    study_dir = out / "studies" / STUDY_NAME
+    records = StudyRecords(study_dir, tensorboard=False).load()
+    spent = sum(r.grad_passes for r in records)
+    best = yaml.safe_load((study_dir / "export" / "best.yaml").read_text())["entries"][0]
     return {"budget_passes": spent, "budget_over_baseline": spent / baseline_passes, "trials": len(records),
             "wall_s": json.loads((out / "study.done").read_text())["wall_s"], "best_trial": best["trial_id"],
             "best_params": {k: v for k, v in best.items() if k not in ("trial_id", "checkpoint")}}
@@ -205,11 +215,10 @@ def main() -> int:
         evaluate(out / arm, "pgd", args.pgd_images, out / f"{arm}.log")
         if args.aa_images:
             evaluate(out / arm, "autoattack", args.aa_images, out / f"{arm}.log")
-    study_info = None
     if "study" in arms:
         if not (out / "baseline" / "done").exists():
             raise SystemExit("the study's budget is 8x the baseline's passes: run the baseline arm first")
-        study_info = study(out, args.seed, metrics(out / "baseline")[-1]["grad_passes"], args.quick)
+        study(out, args.seed, args.quick)
         for attack, n in (("pgd", args.pgd_images), ("autoattack", args.aa_images)):
             if n:
                 evaluate(out / "study_rerun", attack, n, out / "study_rerun.log")
@@ -233,8 +242,9 @@ def main() -> int:
             "best_val": max(m["robust_acc"] for m in curve), "curve": [
                 {"epoch": m["epoch"], "grad_passes": int(m["grad_passes"]), "robust_acc": m["robust_acc"],
                  "clean_acc": m["clean_acc"]} for m in curve]}
-    if study_info is None and (out / "study.done").exists() and "baseline" in results["arms"]:
-        study_info = study(out, args.seed, results["arms"]["baseline"]["train_passes"], args.quick)
+    study_info = None
+    if (out / "study.done").exists() and "baseline" in results["arms"]:
+        study_info = study_summary(out, results["arms"]["baseline"]["train_passes"])
     results["study"] = study_info
     base = results["arms"].get("baseline")
     for arm, r in results["arms"].items():

@@ -22,21 +22,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+FGSM_RS = RANDOM_INIT = None  # advtune's own, kept by main() before fgsm_rs is replaced
 
 
-def fgsm_rs_unclamped(model, x, y, eps, norm="linf", step=None, bn_mode="eval", loss_fn=None, amp_dtype=None):
-    """advtune's fgsm_rs with the random start left unclamped (linf only, as the recipe)."""
+def unclamped_init(x, eps, norm):
+    """``attacks.random_init`` without its clamp into the image range (linf only, as the recipe): the same draw."""
     import torch
 
-    from advtune.trainables import attacks as A
-
     assert norm == "linf", "the probe reproduces the linf recipe only"
-    x = x.detach()
-    with A.attack_mode(model, bn_mode):
-        delta = torch.empty_like(x).uniform_(-1.0, 1.0) * eps  # no clamp into the image range
-        grad, _ = A._grad(model, x, delta, y, loss_fn or A._ce_sum, amp_dtype)
-        delta = A.project(delta + A.step_direction(grad, norm) * (1.25 * eps if step is None else step), x, eps, norm)
-    return (x + delta).detach()
+    return torch.empty_like(x).uniform_(-1.0, 1.0) * eps
+
+
+def fgsm_rs_unclamped(*args, **kwargs):
+    """advtune's own ``fgsm_rs``, run with ``unclamped_init`` as its random start (the module global it calls);
+    validation and evaluation attacks keep the clamped start."""
+    from advtune.trainables import attacks
+
+    attacks.random_init = unclamped_init
+    try:
+        return FGSM_RS(*args, **kwargs)
+    finally:
+        attacks.random_init = RANDOM_INIT
 
 
 def main() -> None:
@@ -47,6 +53,8 @@ def main() -> None:
     from advtune.study.cli import main as advtune
     from advtune.trainables import attacks
 
+    global FGSM_RS, RANDOM_INIT
+    FGSM_RS, RANDOM_INIT = attacks.fgsm_rs, attacks.random_init
     attacks.fgsm_rs = fgsm_rs_unclamped  # finetune calls attacks.fgsm_rs through the module
     out = args.out.resolve() / f"seed-{args.seed}"
     if not (out / "last.pt").exists():

@@ -223,22 +223,19 @@ def test_study_directory_size_is_bounded_as_epochs_grow(local_ray, tmp_path, cap
     assert total6 - total2 < 0.1 * total2, sizes
 
 
-class _UploadCutOff:
+def _upload_cut_off():
     """The local disk as a pyarrow filesystem, except that writing into a trial's second checkpoint folder fails:
     an upload cut off (a lost node, a killed driver) after the epoch was trained."""
+    import fsspec
+    import pyarrow.fs as pafs
 
-    @staticmethod
-    def make():
-        import fsspec
-        import pyarrow.fs as pafs
+    class Handler(pafs.FSSpecHandler):
+        def open_output_stream(self, path, metadata):
+            if "/checkpoint_000001/" in path:
+                raise OSError(f"upload cut off: {path}")
+            return super().open_output_stream(path, metadata)
 
-        class Handler(pafs.FSSpecHandler):
-            def open_output_stream(self, path, metadata):
-                if "/checkpoint_000001/" in path:
-                    raise OSError(f"upload cut off: {path}")
-                return super().open_output_stream(path, metadata)
-
-        return pafs.PyFileSystem(Handler(fsspec.filesystem("file", auto_mkdir=True)))  # as S3: no folders to make
+    return pafs.PyFileSystem(Handler(fsspec.filesystem("file", auto_mkdir=True)))  # as S3: no folders to make
 
 
 def _two_cloud_epochs(config):
@@ -270,7 +267,7 @@ def test_a_cloud_epoch_whose_upload_was_cut_off_is_not_marked_trained(local_ray,
     from advtune.trainables.cloud_adapter import complete_checkpoints
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the tests
-    fs = _UploadCutOff.make()
+    fs = _upload_cut_off()
     grid = tune.Tuner(_two_cloud_epochs, run_config=tune.RunConfig(
         name="cut", storage_path=str(tmp_path), storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=0))).fit()
