@@ -24,6 +24,14 @@ the order the events happen and stops trials as it would in a study. Per rule it
     .venv/bin/python bench/pruning_fidelity.py --quick      # records 3 tiny configurations first (~1 min)
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40   # 72 rules (~2 min)
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40 --tolerance 0.01
+    .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40 --min-rung 12
+    .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --probes --seeds 200
+
+``--probes`` replays budget-compressed probes (:class:`ProbeRule`, on the probe curves that
+``pruning_record.py --probes`` adds to a recording) beside the default rule. ``--tolerance`` and
+``--min-rung`` are what-ifs of the replay, not rules advtune offers: a band under ASHA's cutoff, and ASHA
+without its early over-promotion (a trial reaching the first rung before ``MIN_RUNG`` others is paused
+and judged once they have).
 
 Prints ``RATIO data=<name> rule=<rule> spearman=… kendall=… best_survives=… regret_pts=… compute=…`` per
 rule, and writes a plot (``--plot``).
@@ -58,6 +66,8 @@ CANDIDATES = [
     ("decay_progress g2 rf2", "decay_progress", 2, 2),
 ]
 OLD, NEW = CANDIDATES[0][0], CANDIDATES[5][0]
+# the probe rule, for recordings with probe curves (pruning_record.py --probes): probe length x reduction factor
+PROBES = [(f"probe {b} rf{rf}", "probe", b, rf) for b in (1, 2, 3) for rf in (3, 4, 5, 6)]
 # --grid: both clocks, first rung 0.5-2.5 epochs, reduction factor 2-5 (the search for a rule within the compute
 # target, benchmarks §9); TARGETS: the fidelity targets of the pruning issue, on every problem
 GRID = [(f"{rule} g{g:g} rf{rf}", rule, g, rf) for rule in ("full_strength", "decay_progress")
@@ -86,6 +96,54 @@ class Run:
     point: float  # full-strength point (fraction)
     history: list  # per-epoch metrics
     strong: float  # final strong figure of the unpruned run's best checkpoint
+    probes: dict  # {epochs: per-epoch metrics of the configuration trained for only that many epochs}
+
+    def steps(self, rule) -> list[dict]:
+        """The results the trial reports under ``rule``, in order, with cumulative grad passes. Under a
+        :class:`ProbeRule`: its probe's one result (the probe's best figure), then the full run's epochs, their
+        ``epoch`` already in the probe rule's time (its ``time`` is the identity)."""
+        if not isinstance(rule, ProbeRule):
+            return self.history
+        probe = self.probes[rule.probe_epochs]
+        spent = probe[-1]["grad_passes"]
+        head = {"phase": "probe", "epoch": rule.grace, "robust_acc": probe[-1]["best_robust_acc"],
+                "best_robust_acc": probe[-1]["best_robust_acc"], "grad_passes": spent,
+                "epoch_seconds": sum(h["epoch_seconds"] for h in probe)}
+        return [head, *({**h, "epoch": rule.full_run_time(h["epoch"]), "grad_passes": h["grad_passes"] + spent}
+                        for h in self.history)]
+
+
+@dataclass(frozen=True)
+class ProbeRule:
+    """A budget-compressed probe (the pruning issue's "budget-aware schedules"), replayed only: each trial first
+    trains its whole schedule and epsilon ramp compressed to ``grace`` epochs (schedules are functions of training
+    progress, so ``epochs: grace`` is that probe; ``pruning_record.py --probes`` records them); ASHA compares the
+    probes' best figures once, and a kept trial then trains its full schedule from the starting point (the probe's
+    passes are spent on top). Duck-types ``study.pruning.PruningRule`` for the study's ASHA: the full run's epochs
+    are laid between the probe's end (``grace``) and ``max_t = grace·rf``, so Ray's ASHA (rungs ``grace·rf^k``
+    below ``max_t``) has exactly one rung, the probe."""
+
+    grace: float
+    reduction_factor: int
+    max_epochs: int
+    name: str = "probe"
+
+    @property
+    def probe_epochs(self) -> int:
+        return int(self.grace)
+
+    @property
+    def max_t(self) -> float:
+        return float(self.grace * self.reduction_factor)
+
+    def rungs(self) -> list[float]:
+        return [float(self.grace)]
+
+    def full_run_time(self, epoch: float) -> float:
+        return self.grace + float(epoch) / self.max_epochs * (self.max_t - self.grace)
+
+    def time(self, epoch: float, point: float) -> float:  # results carry their time as ``epoch`` (``Run.steps``)
+        return float(epoch)
 
 
 def load(path: Path) -> tuple[dict, list[Run]]:
@@ -98,66 +156,108 @@ def load(path: Path) -> tuple[dict, list[Run]]:
         if not r.get("strong"):
             continue
         runs.append(Run(r["index"], r["params"], full_strength_point({**base, **r["params"]}), r["history"],
-                        r["strong"]["robust_acc"]))
+                        r["strong"]["robust_acc"], {int(b): h for b, h in r.get("probes", {}).items()}))
     return data, runs
 
 
 def first_rung_value(run: Run, rule, epochs: int) -> float:
     """The figure ASHA compares at the rule's first rung for this trial (its last if it never gets there)."""
-    from advtune.study.pruning import rung_time
-
     first = rule.rungs()[0] if rule.rungs() else rule.max_t
-    for h in run.history:
-        if rung_time(rule.name, h["epoch"], run.point, epochs) >= first:
+    for h in run.steps(rule):
+        if rule.time(h["epoch"], run.point) >= first:
             return h["robust_acc"]
     return run.history[-1]["robust_acc"]
+
+
+MIN_RUNG = 0  # --min-rung (a what-if of the replay)
 
 
 def replay(runs: list[Run], rule, base: dict, epochs: int, seed: int, slots: int = 2) -> dict:
     """One simulated study with the configurations in a random order (``seed``)."""
     order = runs[:]
     random.Random(seed).shuffle(order)
-    return replay_in_order(order, rule, base, epochs, slots)
+    return replay_in_order(order, rule, base, epochs, slots, MIN_RUNG)
 
 
-def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int = 2) -> dict:
+def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int = 2, min_rung: int = 0) -> dict:
     """One simulated study, trials started in ``order`` on ``slots`` slots, each epoch taking its recorded
-    wall time, every result fed to the study's ASHA as it happens. Returns {idx: (epochs run, ran to the end)}."""
+    wall time, every result fed to the study's ASHA as it happens. Returns {idx: (results reported, ran to the
+    end)} (under ``probe`` the probe is the first result).
+
+    ``min_rung`` (a what-if, ``--min-rung``): a trial that reaches the first rung before ``min_rung`` others have
+    is paused there (its slot starts the next trial) and judged once they have, against all of them, instead of
+    continuing on ASHA's early, thin cutoff; trials still paused when nothing else can run are judged then."""
     from advtune.study.tune_backend import make_scheduler
 
     sched = make_scheduler(rule, base)
-    events = []  # (time, seq, run, epoch index)
-    seq, queue, ran = 0, list(order), {}
-    trials = {}
+    events = []  # (time, seq, slot, run, index of the result it ends with)
+    seq, queue, ran = 0, [(run, 0) for run in order], {}
+    trials, brackets, paused = {}, {}, []  # paused: (run, index of its rung result)
 
     def start(slot: int, t: float) -> None:
         nonlocal seq
         if not queue:
             return
-        run = queue.pop(0)
-        trial = SimpleNamespace(trial_id=f"t{run.idx}", config=run.params)
-        trials[run.idx] = trial
-        sched.on_trial_add(None, trial)
-        events.append((t + run.history[0]["epoch_seconds"], seq, slot, run, 0))
+        run, i = queue.pop(0)
+        if i == 0:
+            trial = SimpleNamespace(trial_id=f"t{run.idx}", config=run.params)
+            trials[run.idx] = trial
+            sched.on_trial_add(None, trial)
+            brackets[run.idx] = sched._trial_info[trial.trial_id]  # Ray's bracket (gone from _trial_info at the end)
+        events.append((t + run.steps(rule)[i]["epoch_seconds"], seq, slot, run, i))
         seq += 1
+
+    def first_rung(run: Run) -> dict:
+        rungs = brackets[run.idx]._rungs  # Ray's bracket: rungs in reverse order
+        return rungs[-1][1] if rungs else {}
+
+    def judge(run: Run, i: int, t: float) -> None:
+        """A paused trial: continue (first in the queue) if in the top 1/rf of the others recorded, else stop."""
+        rung = first_rung(run)
+        tid = trials[run.idx].trial_id
+        cutoff = brackets[run.idx].cutoff({k: v for k, v in rung.items() if k != tid})
+        if cutoff is not None and rung[tid] < cutoff:
+            sched.on_trial_complete(None, trials[run.idx], {})
+        else:
+            queue.insert(0, (run, i + 1))
 
     for s in range(slots):
         start(s, 0.0)
-    while events:
+    while events or paused:
+        if not events:  # nothing runs and nothing new can start: judge the paused on what there is
+            for run, i in paused:
+                judge(run, i, 0.0)
+            paused.clear()
+            for s in range(slots):
+                start(s, 0.0)
+            continue
         events.sort(key=lambda e: (e[0], e[1]))
         t, _, slot, run, i = events.pop(0)
-        h = run.history[i]
+        steps = run.steps(rule)
+        h = steps[i]
         trial = trials[run.idx]
-        result = {"epoch": h["epoch"], "robust_acc": h["robust_acc"], "best_robust_acc": h["best_robust_acc"]}
-        last = i == len(run.history) - 1
+        result = {k: h[k] for k in ("epoch", "robust_acc", "best_robust_acc", "phase") if k in h}
+        last = i == len(steps) - 1
+        before = len(first_rung(run)) if min_rung else 0
         action = "STOP" if last else sched.on_trial_result(None, trial, result)
         ran[run.idx] = (i + 1, last)
-        if last or action == "STOP":
+        newly = min_rung and not last and len(first_rung(run)) > before  # recorded at the first rung just now
+        if newly and before < min_rung:
+            paused.append((run, i))
+            start(slot, t)
+        elif last or action == "STOP":
             sched.on_trial_complete(None, trial, result)
             start(slot, t)
         else:
-            events.append((t + run.history[i + 1]["epoch_seconds"], seq, slot, run, i + 1))
+            events.append((t + steps[i + 1]["epoch_seconds"], seq, slot, run, i + 1))
             seq += 1
+        if newly and len(first_rung(run)) >= min_rung and paused:
+            for p_run, p_i in paused:
+                judge(p_run, p_i, t)
+            paused.clear()
+            while queue and len(events) < slots:  # free slots take the promoted
+                used = {e[2] for e in events}
+                start(next(s for s in range(slots) if s not in used), t)
     return ran
 
 
@@ -167,14 +267,14 @@ def evaluate_rule(runs: list[Run], rule, base: dict, epochs: int, seeds: int, n_
     decide = [first_rung_value(r, rule, epochs) for r in runs]
     strong = [r.strong for r in runs]
     best = max(runs, key=lambda r: r.strong)
-    full_cost = sum(r.history[-1]["grad_passes"] for r in runs)
+    full_cost = sum(r.history[-1]["grad_passes"] for r in runs)  # every configuration run once, unpruned
     survives, regrets, costs = 0, [], []
     for seed in range(seeds):
         ran = replay(runs, rule, base, epochs, seed)
         survives += ran[best.idx][1]
         finished = [r for r in runs if ran[r.idx][1]]
         regrets.append(best.strong - max(r.strong for r in finished))
-        costs.append(sum(r.history[ran[r.idx][0] - 1]["grad_passes"] for r in runs) / full_cost)
+        costs.append(sum(r.steps(rule)[ran[r.idx][0] - 1]["grad_passes"] for r in runs) / full_cost)
     return {"spearman": spearmanr(decide, strong).statistic, "kendall": kendalltau(decide, strong).statistic,
             "best_survives": survives / seeds, "regret_pts": 100 * statistics.mean(regrets),
             "regret_images": n_images * statistics.mean(regrets), "worst_regret_pts": 100 * max(regrets),
@@ -197,7 +297,8 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
     name = path.stem.replace("pruning-", "")
     out = {}
     for label, rule_name, grace, rf in candidates:
-        rule = make_rule(rule_name, old_grace, grace or 1, rf, epochs)
+        rule = ProbeRule(grace, rf, epochs) if rule_name == "probe" else make_rule(rule_name, old_grace, grace or 1, rf,
+                                                                                  epochs)
         res = evaluate_rule(runs, rule, data["base"], epochs, seeds, n_images)
         out[label] = {**res, "rungs": rule.rungs(), "rule": rule_name, "grace": rule.grace, "rf": rf}
         print(f"RATIO data={name} rule=\"{label}\" rungs={','.join(f'{r:g}' for r in rule.rungs()) or 'none'} spearman={res['spearman']:.3f} "
@@ -246,6 +347,11 @@ def main(argv=None) -> int:
                     help="replay ASHA with its cutoff lowered by this much (a trial within TOLERANCE of the cutoff "
                          "continues: a band against validation noise). A what-if of the replay, not a rule advtune "
                          "offers; it changes survival, regret and compute, not the rung figure's Spearman/Kendall")
+    ap.add_argument("--min-rung", type=int, default=0,
+                    help="replay a trial that reaches the first rung before MIN_RUNG others have as paused until they "
+                         "have (then judged against all of them): ASHA without its early over-promotion, a what-if")
+    ap.add_argument("--probes", action="store_true", help="replay budget-compressed probes (PROBES, for the probe "
+                    "lengths the recordings hold: pruning_record.py --probes) beside the default rule")
     ap.add_argument("--grid", action="store_true", help="replay the GRID of rules instead of the table's candidates "
                     "and print one GRID line per rule over all the data given")
     args = ap.parse_args(argv)
@@ -254,7 +360,8 @@ def main(argv=None) -> int:
 
         tmp = Path(tempfile.mkdtemp()) / "pruning-quick.json"
         record(["--quick", "--out", str(tmp)])
-        args.data, args.seeds = [tmp], 5
+        record(["--probes", "1", "--out", str(tmp)])  # and one-epoch probes of them: the probe replay runs too
+        args.data, args.seeds, args.probes = [tmp], 5, True
     if not args.data:
         ap.error("give recorded curves (docs/data/pruning-*.json) or --quick")
     if args.tolerance:
@@ -263,6 +370,8 @@ def main(argv=None) -> int:
         cutoff = async_hyperband._Bracket.cutoff  # Ray's ASHA: the rung's (1 - 1/rf) quantile of recorded figures
         async_hyperband._Bracket.cutoff = lambda self, recorded: (
             None if not recorded else cutoff(self, recorded) - args.tolerance)
+    global MIN_RUNG
+    MIN_RUNG = args.min_rung
     if args.grid:
         import contextlib
         import io
@@ -271,6 +380,15 @@ def main(argv=None) -> int:
             analyses = [analyse(p, args.seeds, GRID) for p in args.data]
         grid_summary(analyses)
         return 0
+    if args.probes:
+        for p in args.data:
+            data = json.loads(p.read_text())
+            have = [b for b in (1, 2, 3) if all(str(b) in r.get("probes", {}) for r in data["runs"])]
+            if not have:
+                ap.error(f"{p} holds no probe curves: record them first (pruning_record.py --probes 1,2,3 --out {p})")
+            analyse(p, args.seeds, [c for c in PROBES if c[2] in have] + [CANDIDATES[5]])
+        if not args.quick:
+            return 0
     analyses = [analyse(p, args.seeds) for p in args.data]
     if args.plot:
         plot(analyses, args.plot)

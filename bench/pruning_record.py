@@ -16,6 +16,12 @@ study's final evaluation would. Two configurations train at once, one torch thre
     .venv/bin/python bench/pruning_record.py --problem fmnist --space sfd --configs 16 \\
         --out docs/data/pruning-fmnist-sfd.json                     # FGSM-RS, ~40 min on 2 cores
     .venv/bin/python bench/pruning_record.py --quick --out /tmp/p.json   # 3 configs, 2 epochs (~1 min)
+    .venv/bin/python bench/pruning_record.py --probes 1,2,3 --out docs/data/pruning-digits-sfd.json
+
+``--probes B1,B2,...`` adds to an existing recording, for every recorded configuration, the learning curve of
+the same configuration trained for only ``B`` epochs (its schedule and epsilon ramp compressed to ``B`` epochs,
+as every schedule is a function of training progress): the figure a budget-compressed probe (the ``probe``
+pruning rule) decides on. Stored as ``runs[i]["probes"]["B"]``; no strong attack is run for them.
 
 The JSON is written after every configuration, and a run with the same ``--out`` skips the
 configurations already recorded (an interrupted recording keeps what it measured).
@@ -104,6 +110,45 @@ def run_one(cfg_dict: dict, final_images: int, final_attack: str) -> dict:
             "train_seconds": round(train_s, 1), "strong": strong}
 
 
+def run_probe(cfg_dict: dict) -> dict:
+    """Train one configuration for its (short) ``epochs``, validating every epoch: a budget-compressed probe."""
+    import torch
+
+    torch.set_num_threads(1)
+    from advtune.trainables import finetune
+    from advtune.trainables.config import TrialConfig
+
+    with tempfile.TemporaryDirectory() as d:
+        rep = _Collect(Path(d))
+        summary = finetune.run(TrialConfig.from_dict(cfg_dict), rep)
+    return {"history": rep.history, "status": summary["status"]}
+
+
+def record_probes(out: Path, budgets: list[int], workers: int) -> int:
+    """Add budget-compressed probe curves (``runs[i]["probes"][B]``) to the recording ``out``."""
+    import torch
+
+    torch.set_num_threads(1)
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.pretrain import ensure_pretrained
+
+    data = json.loads(out.read_text())
+    base = TrialConfig.from_dict(data["base"])
+    base = base.replace(pretrained=str(ensure_pretrained(base)))  # the recording's own starting point
+    todo = [(r, b) for b in budgets for r in data["runs"] if str(b) not in r.get("probes", {})]
+    print(f"{len(todo)} probes to record in {out}", flush=True)
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(run_probe, base.replace(**r["params"], epochs=b).to_dict()): (r, b) for r, b in todo}
+        for fut in cf.as_completed(futs):
+            r, b = futs[fut]
+            r.setdefault("probes", {})[str(b)] = fut.result()["history"]
+            out.write_text(json.dumps(data, indent=1))
+            print(f"  probe {b} epochs of config {r['index']}: PGD {100 * r['probes'][str(b)][-1]['robust_acc']:.1f}% "
+                  f"at {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problem", choices=sorted(PROBLEMS), default="digits")
@@ -116,7 +161,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="3 configurations, 2 epochs, PGD-2: checks the script")
+    ap.add_argument("--probes", help="comma-separated budgets in epochs: add budget-compressed probe curves of every "
+                    "configuration already recorded in --out")
     args = ap.parse_args(argv)
+    if args.probes:
+        return record_probes(args.out, [int(b) for b in args.probes.split(",")], args.workers)
     import torch
 
     # one thread, like the workers: on a loaded 2-core machine two OpenMP threads spin-wait on each other

@@ -92,6 +92,10 @@ class PruningRule:
         """The times at which ASHA compares trials, as Ray's ASHA builds them (``grace·rf^k`` below max_t)."""
         return [float(r) for r in asha_rungs(self.grace, self.reduction_factor, self.max_epochs)]
 
+    def time(self, epoch: float, point: float) -> float:
+        """ASHA's time of a result at ``epoch`` for a trial whose full-strength point is ``point``."""
+        return rung_time(self.name, epoch, point, self.max_epochs)
+
     def describe(self) -> str:
         unit = "epochs" if self.name == "epoch" else "epochs at full strength"
         rungs = ", ".join(f"{r:g}" for r in self.rungs()) or "none"

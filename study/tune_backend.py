@@ -48,12 +48,12 @@ class ScheduleAwareASHA(ASHAScheduler):
     def _timed(self, trial, result: dict | None) -> dict | None:
         if not result or "epoch" not in result:
             return result
-        from .pruning import full_strength_point, rung_time
+        from .pruning import full_strength_point
 
         point = self._points.get(trial.trial_id)
         if point is None:
             point = self._points[trial.trial_id] = full_strength_point({**self._base, **(trial.config or {})})
-        return {**result, self.TIME: rung_time(self.rule.name, result["epoch"], point, self.rule.max_epochs)}
+        return {**result, self.TIME: self.rule.time(result["epoch"], point)}
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         return super().on_trial_result(tune_controller, trial, self._timed(trial, result))
