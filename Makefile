@@ -28,7 +28,7 @@ system-packages:
 	else echo "note: not root with apt-get: the Chromium and Fashion-MNIST tests will be skipped"; fi
 
 test: $(STAMP) system-packages
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -n 2
 
 # Every benchmark's --quick mode prints the ratio lines it promises (~5 min; CI runs it after `make test`)
 bench-check: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +29,53 @@ TINY = dict(dataset="digits", model="small_cnn", pretrained="none", epochs=2, tr
 # 4.5 s). A trial still runs as many torch threads as the CPUs Ray gives it (trial_fn sets them).
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, os.environ.get("ADVTUNE_TEST_THREADS", "1"))
+
+
+# `make test` runs the suite on two pytest-xdist workers (`-n 2`): every test here runs one torch thread, so one
+# process left the second core idle through every unit test. Each worker builds the session fixtures it needs, so
+# the scheduler below hands out whole modules (a module's fixtures are built once), and modules that read the
+# same session-scoped study or server go to one worker together (it is built once). xdist's own `--dist
+# loadgroup` would say the same with marks, but it groups through the test's node id, which pytest 9.2 no longer
+# lets it change (pytest-dev/pytest-xdist#1386): its groups are silently ignored there.
+_SHARED_SESSION_FIXTURES = ("small_study", "s3_server")
+# Modules started first (the longest: a module that starts last should be a short one); order only, not grouping
+_LONG_MODULES = ("test_faults", "test_study_resume", "test_cloud_storage", "test_api", "test_docs", "test_trackers",
+                 "test_autoscaling", "test_objectives", "test_cluster", "test_own_code")
+
+
+def _module_groups(tests_dir: Path) -> dict[str, str]:
+    """Module name -> its group: the modules that name one of the shared session fixtures share a group (a module
+    naming two of them joins the first's group; at worst a fixture is then built on both workers)."""
+    groups: dict[str, str] = {}
+    for fixture in _SHARED_SESSION_FIXTURES:
+        users = sorted(p.stem for p in tests_dir.glob("test_*.py") if fixture in p.read_text())
+        for m in users:
+            groups[m] = groups.get(m) or groups.get(users[0]) or users[0]
+    return groups
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering
+def pytest_collection_modifyitems(config, items):
+    """Longest modules first (a stable sort: pytest's order within a module is kept)."""
+    rank = {m: i for i, m in enumerate(_LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(rank)))
+
+
+if importlib.util.find_spec("xdist") is not None:  # an unknown hook would be an error without xdist
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        groups = _module_groups(Path(__file__).parent)
+
+        class ModuleGroups(LoadScopeScheduling):
+            """Work units are modules, or groups of modules sharing a session fixture, in collection order."""
+
+            def _split_scope(self, nodeid: str) -> str:
+                module = Path(nodeid.split("::", 1)[0]).stem
+                return groups.get(module, module)
+
+        config.option.loadscopereorder = False  # keep the longest-first order of the collection
+        return ModuleGroups(config, log)
 
 
 @pytest.fixture(autouse=True, scope="session")

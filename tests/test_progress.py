@@ -6,7 +6,10 @@ import io
 from advtune.study.progress import LiveTable
 
 
-def test_table_is_redrawn_in_place_on_a_terminal():
+def test_table_is_redrawn_in_place_on_a_terminal(monkeypatch):
+    # the table cuts its lines at the terminal's width: a wide one here, whatever runs the test (an xdist worker
+    # reported 80 columns, and the reason column fell off)
+    monkeypatch.setenv("COLUMNS", "160")
     out = io.StringIO()
     table = LiveTable(total=3, stream=out, live=True)
     table.result("aaaa", {"epoch": 1, "lr": 0.02, "clean_acc": 0.9, "robust_acc": 0.3, "best_robust_acc": 0.3})

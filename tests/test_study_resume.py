@@ -33,6 +33,10 @@ def _kill_tree(proc: psutil.Process, descendants: list[psutil.Process]) -> None:
     psutil.wait_procs([proc, *descendants], timeout=30)
 
 
+def _without(metrics: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in metrics.items() if k not in keys}
+
+
 def _total_lines(study: Path) -> int:
     return sum(len(r.metrics) for r in StudyRecords(study, tensorboard=False).load()) if study.exists() else 0
 
@@ -107,7 +111,10 @@ def test_driver_killed_twice_resumes_twice_without_losing_trials_or_redoing_epoc
             if not old.metrics:  # started but never reported (killed at once): dropped on resume and replaced by a
                 continue         # new trial of the same values (StudyRecords.drop_never_started); nothing to keep
             new = next(r for r in records if r.trial_id == old.trial_id)
-            assert new.metrics[: len(old.metrics)] == old.metrics
+            # Ray's bookkeeping and the node differ where a finished trial's last report was said again after a
+            # resume (its driver was killed before it heard of the end); no epoch was redone (epochs_trained above)
+            assert [_without(m, (*ray_own, "node_id")) for m in new.metrics[: len(old.metrics)]] == \
+                [_without(m, (*ray_own, "node_id")) for m in old.metrics]
 
 
 def test_resume_refuses_a_directory_advtune_did_not_write(tmp_path):
