@@ -211,7 +211,7 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
         rungs = brackets[run.idx]._rungs  # Ray's bracket: rungs in reverse order
         return rungs[-1][1] if rungs else {}
 
-    def judge(run: Run, i: int, t: float) -> None:
+    def judge(run: Run, i: int) -> None:
         """A paused trial: continue (first in the queue) if in the top 1/rf of the others recorded, else stop."""
         rung = first_rung(run)
         tid = trials[run.idx].trial_id
@@ -226,7 +226,7 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
     while events or paused:
         if not events:  # nothing runs and nothing new can start: judge the paused on what there is
             for run, i in paused:
-                judge(run, i, 0.0)
+                judge(run, i)
             paused.clear()
             for s in range(slots):
                 start(s, 0.0)
@@ -253,7 +253,7 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
             seq += 1
         if newly and len(first_rung(run)) >= min_rung and paused:
             for p_run, p_i in paused:
-                judge(p_run, p_i, t)
+                judge(p_run, p_i)
             paused.clear()
             while queue and len(events) < slots:  # free slots take the promoted
                 used = {e[2] for e in events}
