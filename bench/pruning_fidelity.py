@@ -160,7 +160,7 @@ def load(path: Path) -> tuple[dict, list[Run]]:
     return data, runs
 
 
-def first_rung_value(run: Run, rule, epochs: int) -> float:
+def first_rung_value(run: Run, rule) -> float:
     """The figure ASHA compares at the rule's first rung for this trial (its last if it never gets there)."""
     first = rule.rungs()[0] if rule.rungs() else rule.max_t
     for h in run.steps(rule):
@@ -192,6 +192,7 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
     sched = make_scheduler(rule, base)
     events = []  # (time, seq, slot, run, index of the result it ends with)
     seq, queue, ran = 0, [(run, 0) for run in order], {}
+    steps_of = {run.idx: run.steps(rule) for run in order}  # the results each trial reports, built once
     trials, brackets, paused = {}, {}, []  # paused: (run, index of its rung result)
 
     def start(slot: int, t: float) -> None:
@@ -204,7 +205,7 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
             trials[run.idx] = trial
             sched.on_trial_add(None, trial)
             brackets[run.idx] = sched._trial_info[trial.trial_id]  # Ray's bracket (gone from _trial_info at the end)
-        events.append((t + run.steps(rule)[i]["epoch_seconds"], seq, slot, run, i))
+        events.append((t + steps_of[run.idx][i]["epoch_seconds"], seq, slot, run, i))
         seq += 1
 
     def first_rung(run: Run) -> dict:
@@ -233,7 +234,7 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
             continue
         events.sort(key=lambda e: (e[0], e[1]))
         t, _, slot, run, i = events.pop(0)
-        steps = run.steps(rule)
+        steps = steps_of[run.idx]
         h = steps[i]
         trial = trials[run.idx]
         result = {k: h[k] for k in ("epoch", "robust_acc", "best_robust_acc", "phase") if k in h}
@@ -264,17 +265,18 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
 def evaluate_rule(runs: list[Run], rule, base: dict, epochs: int, seeds: int, n_images: int) -> dict:
     from scipy.stats import kendalltau, spearmanr
 
-    decide = [first_rung_value(r, rule, epochs) for r in runs]
+    decide = [first_rung_value(r, rule) for r in runs]
     strong = [r.strong for r in runs]
     best = max(runs, key=lambda r: r.strong)
     full_cost = sum(r.history[-1]["grad_passes"] for r in runs)  # every configuration run once, unpruned
+    spent_after = {r.idx: [h["grad_passes"] for h in r.steps(rule)] for r in runs}  # passes after each result
     survives, regrets, costs = 0, [], []
     for seed in range(seeds):
         ran = replay(runs, rule, base, epochs, seed)
         survives += ran[best.idx][1]
         finished = [r for r in runs if ran[r.idx][1]]
         regrets.append(best.strong - max(r.strong for r in finished))
-        costs.append(sum(r.steps(rule)[ran[r.idx][0] - 1]["grad_passes"] for r in runs) / full_cost)
+        costs.append(sum(spent_after[r.idx][ran[r.idx][0] - 1] for r in runs) / full_cost)
     return {"spearman": spearmanr(decide, strong).statistic, "kendall": kendalltau(decide, strong).statistic,
             "best_survives": survives / seeds, "regret_pts": 100 * statistics.mean(regrets),
             "regret_images": n_images * statistics.mean(regrets), "worst_regret_pts": 100 * max(regrets),

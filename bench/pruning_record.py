@@ -20,8 +20,8 @@ study's final evaluation would. Two configurations train at once, one torch thre
 
 ``--probes B1,B2,...`` adds to an existing recording, for every recorded configuration, the learning curve of
 the same configuration trained for only ``B`` epochs (its schedule and epsilon ramp compressed to ``B`` epochs,
-as every schedule is a function of training progress): the figure a budget-compressed probe (the ``probe``
-pruning rule) decides on. Stored as ``runs[i]["probes"]["B"]``; no strong attack is run for them.
+as every schedule is a function of training progress): the figure a budget-compressed probe decides on
+(``ProbeRule`` in ``pruning_fidelity.py``, replayed only: not a rule advtune offers). Stored as ``runs[i]["probes"]["B"]``; no strong attack is run for them.
 
 The JSON is written after every configuration, and a run with the same ``--out`` skips the
 configurations already recorded (an interrupted recording keeps what it measured).
@@ -90,8 +90,9 @@ class _Collect:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def run_one(cfg_dict: dict, final_images: int, final_attack: str) -> dict:
-    """Train one configuration to the end, then attack its best checkpoint (in a worker process)."""
+def run_one(cfg_dict: dict, final_images: int, final_attack: str | None) -> dict:
+    """Train one configuration to the end, then attack its best checkpoint (in a worker process); with no
+    ``final_attack`` (a probe) only train."""
     import torch
 
     torch.set_num_threads(1)
@@ -105,23 +106,10 @@ def run_one(cfg_dict: dict, final_images: int, final_attack: str) -> dict:
         t0 = time.perf_counter()
         summary = finetune.run(cfg, rep)
         train_s = time.perf_counter() - t0
-        strong = strong_eval(Path(d) / "best.pt", final_attack, final_images) if (Path(d) / "best.pt").exists() else None
+        best = Path(d) / "best.pt"
+        strong = strong_eval(best, final_attack, final_images) if final_attack and best.exists() else None
     return {"history": rep.history, "status": summary["status"], "stop_reason": summary["stop_reason"],
             "train_seconds": round(train_s, 1), "strong": strong}
-
-
-def run_probe(cfg_dict: dict) -> dict:
-    """Train one configuration for its (short) ``epochs``, validating every epoch: a budget-compressed probe."""
-    import torch
-
-    torch.set_num_threads(1)
-    from advtune.trainables import finetune
-    from advtune.trainables.config import TrialConfig
-
-    with tempfile.TemporaryDirectory() as d:
-        rep = _Collect(Path(d))
-        summary = finetune.run(TrialConfig.from_dict(cfg_dict), rep)
-    return {"history": rep.history, "status": summary["status"]}
 
 
 def record_probes(out: Path, budgets: list[int], workers: int) -> int:
@@ -139,7 +127,8 @@ def record_probes(out: Path, budgets: list[int], workers: int) -> int:
     print(f"{len(todo)} probes to record in {out}", flush=True)
     t0 = time.perf_counter()
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = {pool.submit(run_probe, base.replace(**r["params"], epochs=b).to_dict()): (r, b) for r, b in todo}
+        futs = {pool.submit(run_one, base.replace(**r["params"], epochs=b).to_dict(), 0, None): (r, b)
+                for r, b in todo}
         for fut in cf.as_completed(futs):
             r, b = futs[fut]
             r.setdefault("probes", {})[str(b)] = fut.result()["history"]
