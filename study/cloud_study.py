@@ -22,7 +22,8 @@ from .records import FINAL_STATES, StudyRecords
 from .storage import Remote
 from .tune_backend import StudyCallback
 
-__all__ = ["CloudStudyCallback", "optuna_storage", "export_optuna", "complete_records", "best_checkpoint_uri"]
+__all__ = ["CloudStudyCallback", "optuna_storage", "export_optuna", "drop_never_started", "complete_records",
+           "best_checkpoint_uri"]
 
 
 def optuna_storage(spec):
@@ -128,6 +129,18 @@ def best_checkpoint_uri(location: str, trial_id: str) -> str:
     if found is None:
         return f"{location}/(no checkpoint of trial {trial_id} in the bucket)"
     return f"{location.split('://')[0]}://{found[2]}/best.pt"
+
+
+def drop_never_started(remote: Remote, records: StudyRecords) -> None:
+    """:meth:`StudyRecords.drop_never_started` for a study in the bucket: the records there lag the trials'
+    checkpoints (pushed every ``SYNC_PERIOD_S``), so a trial whose records hold nothing but its start files
+    stays when it has a complete checkpoint (:func:`complete_records` then puts back its epochs); the others
+    go from the staging folder and from the bucket."""
+    for rel in records.drop_never_started(stored=lambda trial_id: _trial_checkpoint(remote, trial_id) is not None):
+        try:
+            remote.fs.delete_dir(remote.remote_path(rel))
+        except FileNotFoundError:
+            pass
 
 
 def complete_records(remote: Remote, records: StudyRecords) -> int:

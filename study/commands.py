@@ -342,7 +342,7 @@ def _resume_cloud(args: argparse.Namespace) -> int:
     checkpoints."""
     from dataclasses import replace
 
-    from .cloud_study import complete_records, fill_placeholders
+    from .cloud_study import complete_records, drop_never_started, fill_placeholders
     from .records import StudyRecords, read_marker
     from .spec import StudySpec
     from .storage import open_study
@@ -358,6 +358,7 @@ def _resume_cloud(args: argparse.Namespace) -> int:
     remote.local = spec.study_dir
     if remote.local != study_dir:  # the URI was written another way (a trailing slash): stage where the spec says
         remote.pull()
+    drop_never_started(remote, StudyRecords(remote.local))
     added = complete_records(remote, StudyRecords(remote.local))
     fill_placeholders(remote)
     remote.push()

@@ -212,20 +212,29 @@ class StudyRecords:
                 last, added = m["epoch"], added + 1
         return added
 
-    def drop_never_started(self) -> int:
-        """Before a resume: remove trial folders that hold nothing but ``params.json``. The driver writes it
-        when Tune starts a trial; a driver killed right then can leave a trial Tune's saved state does not
-        know, which the resumed search replaces by a new trial (same values, new id), and the orphan folder
-        would count as a trial of its own. A trial Tune does know and restarts writes its params.json again
-        at its start. Returns how many were removed."""
+    def drop_never_started(self, stored=lambda trial_id: False) -> list[str]:
+        """Before a resume: remove the folders of trials that never reported an epoch (nothing in them but
+        ``params.json``, which the driver writes when Tune starts a trial, and ``load_report.json``, which the
+        trial writes when it loads its starting point). A driver killed then can leave a trial Tune's saved
+        state does not know, which the resumed search replaces by a new trial, and the orphan folder would
+        count as a trial of its own. (A trial stores no checkpoint before that state names it:
+        ``trainables.tune_adapter.wait_until_saved``.) A trial Tune does know and restarts writes both files
+        again. Its TensorBoard run (a "running" HParams row) goes with it. ``stored(trial_id)``: whether the
+        trial has a checkpoint kept elsewhere (a cloud study's records lag its checkpoints in the bucket): such
+        a trial stays. Returns the paths removed, relative to the study directory."""
         import shutil
 
-        root = self.study_dir / "trials"
-        gone = [d for d in root.iterdir() if d.is_dir() and [p.name for p in d.iterdir()] == ["params.json"]] \
-            if root.exists() else []
+        root, start_files = self.study_dir / "trials", {"params.json", "load_report.json"}
+        gone = [d for d in root.iterdir() if d.is_dir() and (d / "params.json").exists()
+                and {p.name for p in d.iterdir()} <= start_files and not stored(d.name)] if root.exists() else []
+        removed = []
         for d in gone:
-            shutil.rmtree(d, ignore_errors=True)
-        return len(gone)
+            run = self.tensorboard_run(d.name)
+            for path in (run, d):
+                if path.exists():
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path.relative_to(self.study_dir).as_posix())
+        return removed
 
     def complete_from_histories(self) -> int:
         """:meth:`complete` every unfinished trial from its ``history.jsonl`` (a study on a shared path)."""

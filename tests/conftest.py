@@ -30,6 +30,13 @@ TINY = dict(dataset="digits", model="small_cnn", pretrained="none", epochs=2, tr
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, os.environ.get("ADVTUNE_TEST_THREADS", "1"))
 
+# A trial stores no checkpoint before the experiment state Ray Tune saved names it (trainables.tune_adapter.
+# wait_until_saved). Ray saves that state every 10 s at least (and after trial checkpoints): a study's epochs of
+# minutes never wait, the tests' epochs of a second would, up to 10 s per trial. The studies the tests run (and the
+# drivers they start, which inherit this) save it every second; test_study_resume's test of the wait runs Ray's default.
+SAVED_STATE_PERIOD = "TUNE_GLOBAL_CHECKPOINT_S"
+os.environ.setdefault(SAVED_STATE_PERIOD, "1")
+
 
 # `make test` runs the suite on two pytest-xdist workers (`-n 2`): every test here runs one torch thread, so one
 # process left the second core idle through every unit test. Each worker builds the session fixtures it needs, so

@@ -143,6 +143,7 @@ class CloudReporter:
         study_path = storage.experiment_fs_path
         self.marks = f"{study_path}/trials/{trial_id}/epochs_trained"
         self.attempt = uuid.uuid4().hex[:8]
+        self.trial_id, self.saved = trial_id, False  # saved: Ray Tune's saved state names the trial
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray
@@ -153,6 +154,10 @@ class CloudReporter:
         if checkpoint_dir is None:
             tune.report(metrics)
             return
+        if not self.saved:  # no checkpoint in the bucket before a resume would know the trial
+            from .tune_adapter import wait_until_saved
+
+            self.saved = wait_until_saved(self.trial_id)
         self.history.append(metrics)
         _seal(checkpoint_dir, metrics["epoch"], self.history)
         # Ray's report moves the trial's checkpoint index on by one and registers the folder of the new index

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import TrialConfig
 
-__all__ = ["trial_fn", "TuneReporter", "FAULT_ENV", "release_freed_memory"]
+__all__ = ["trial_fn", "TuneReporter", "FAULT_ENV", "release_freed_memory", "wait_until_saved"]
 
 # Fault injection for the reliability tests: "EPOCH[:ATTEMPTS[:KEY=VALUE]]" (several joined by ";")
 # raises after that epoch is reported — and again when a retry resumes past it — on at most ATTEMPTS
@@ -27,9 +27,48 @@ __all__ = ["trial_fn", "TuneReporter", "FAULT_ENV", "release_freed_memory"]
 FAULT_ENV = "ADVTUNE_INJECT_FAULT"
 
 
+# How long a trial's first checkpoint waits for Ray Tune's saved state to name the trial (wait_until_saved)
+SAVED_STATE_WAIT_S = 300.0
+
+
+def wait_until_saved(trial_id: str, timeout: float = SAVED_STATE_WAIT_S, poll: float = 0.2) -> bool:
+    """Block until the experiment state that a resume would restore (the newest ``experiment_state-*.json`` Ray
+    Tune saved in the study's storage) names ``trial_id``; True once it does, False after ``timeout`` seconds.
+
+    Ray Tune saves that state periodically (every 10 s or more) and after trial checkpoints, not when it
+    starts a trial. A trial whose first epoch is shorter than that stored its first checkpoint while the saved
+    state did not know it: a driver killed then was resumed without the trial, whose finished epochs were lost
+    and whose values the search proposed again as a new trial (the orphan's folder a fifth trial of four). A
+    trial therefore stores no checkpoint before the saved state names it; a killed driver can then lose only
+    the epoch in flight. Epochs of minutes never wait: the state was saved while the epoch trained."""
+    import time
+
+    from ray import tune
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    storage = tune.get_context().get_storage()
+    fs, path = storage.storage_filesystem, storage.experiment_fs_path
+    deadline, needle = time.monotonic() + timeout, trial_id.encode()
+    while True:
+        newest = _find_newest_experiment_checkpoint(path, fs=fs)
+        if newest is not None:
+            try:
+                with fs.open_input_stream(newest) as f:
+                    if needle in f.read():
+                        return True
+            except (FileNotFoundError, OSError):  # replaced while read: read the new one next time
+                pass
+        if time.monotonic() > deadline:
+            print(f"advtune: Ray Tune's saved state still does not name trial {trial_id} after {timeout:g} s; "
+                  "training on (a driver killed now would be resumed without this trial)", flush=True)
+            return False
+        time.sleep(poll)
+
+
 class TuneReporter:
     def __init__(self, trial_dir: Path) -> None:
         self.trial_dir = trial_dir
+        self.saved = False  # whether Ray Tune's saved state is known to name this trial (wait_until_saved)
 
     def on_load_report(self, report) -> None:
         """Printed to the trial's stdout and stored as ``<study>/trials/<id>/load_report.json``."""
@@ -47,6 +86,8 @@ class TuneReporter:
 
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "torch_threads": torch.get_num_threads()}
         if checkpoint_dir is not None:
+            if not self.saved:
+                self.saved = wait_until_saved(self.trial_dir.name)
             # before the checkpoint: every epoch a resume starts after is in it (a killed driver may not have
             # recorded the epoch; `advtune resume` puts it back from here). A kill between the two leaves
             # the history one epoch ahead; the epoch is then trained again and its new line replaces that one.
