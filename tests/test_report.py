@@ -233,7 +233,8 @@ def test_page_loads_in_headless_chromium_without_console_errors(report, study, t
     shutil.copy(report / "index.html", alone / "index.html")
     cdp = _Cdp(tmp_path / "profile")
     try:
-        page = next(t for t in cdp.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        # the first answer waits for chromium to start: over 30 s once beside the other xdist worker's Ray studies
+        page = next(t for t in cdp.send("Target.getTargets", timeout=180)["targetInfos"] if t["type"] == "page")
         sid = cdp.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             cdp.send(f"{domain}.enable", session=sid)
