@@ -26,9 +26,11 @@ the order the events happen and stops trials as it would in a study. Per rule it
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40 --tolerance 0.01
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40 --min-rung 12
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --probes --seeds 200
+    .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --second-rung --seeds 200
 
 ``--probes`` replays budget-compressed probes (:class:`ProbeRule`, on the probe curves that
-``pruning_record.py --probes`` adds to a recording) beside the default rule. ``--tolerance`` and
+``pruning_record.py --probes`` adds to a recording) beside the default rule; ``--second-rung`` the default's
+first rung with a second before the end of training (:class:`SecondRungRule`). ``--tolerance`` and
 ``--min-rung`` are what-ifs of the replay, not rules advtune offers: a band under ASHA's cutoff, and ASHA
 without its early over-promotion (a trial reaching the first rung before ``MIN_RUNG`` others is paused
 and judged once they have).
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -68,6 +71,9 @@ CANDIDATES = [
 OLD, NEW = CANDIDATES[0][0], CANDIDATES[5][0]
 # the probe rule, for recordings with probe curves (pruning_record.py --probes): probe length x reduction factor
 PROBES = [(f"probe {b} rf{rf}", "probe", b, rf) for b in (1, 2, 3) for rf in (3, 4, 5, 6)]
+# --second-rung: the default's first rung (1.75 epochs at full strength) and a second at 3.5 to 4.5, rf 3 and 4
+SECOND_RUNGS = [(f"full_strength g1.75 then {g2:g} rf{rf}", "second", (1.75, g2), rf) for g2 in (3.5, 4, 4.5)
+                for rf in (3, 4)]
 # --grid: both clocks, first rung 0.5-2.5 epochs, reduction factor 2-5 (the search for a rule within the compute
 # target, benchmarks §9); TARGETS: the fidelity targets of the pruning issue, on every problem
 GRID = [(f"{rule} g{g:g} rf{rf}", rule, g, rf) for rule in ("full_strength", "decay_progress")
@@ -144,6 +150,41 @@ class ProbeRule:
 
     def time(self, epoch: float, point: float) -> float:  # results carry their time as ``epoch`` (``Run.steps``)
         return float(epoch)
+
+
+@dataclass(frozen=True)
+class SecondRungRule:
+    """``full_strength`` with a second rung where the replay asks (``--second-rung``), replayed only: Ray's ASHA
+    places its rungs at ``grace·rf^k``, which with the default (1.75 epochs at full strength, rf 4) puts the second
+    after the end of training. On the clock ``(epochs at full strength)^p``, with ``p = log rf / log(second /
+    first)``, its rungs fall at ``first`` and ``second`` epochs at full strength, keeping the top 1/rf at each.
+    Duck-types ``study.pruning.PruningRule``."""
+
+    first: float
+    second: float
+    reduction_factor: int
+    max_epochs: int
+    name: str = "full_strength"
+
+    @property
+    def power(self) -> float:
+        return math.log(self.reduction_factor) / math.log(self.second / self.first)
+
+    @property
+    def grace(self) -> float:
+        return self.first ** self.power
+
+    @property
+    def max_t(self) -> float:
+        return float(self.max_epochs) ** self.power
+
+    def rungs(self) -> list[float]:
+        return [r ** self.power for r in (self.first, self.second) if r < self.max_epochs]
+
+    def time(self, epoch: float, point: float) -> float:
+        from advtune.study.pruning import rung_time
+
+        return max(rung_time("full_strength", epoch, point, self.max_epochs), 0.0) ** self.power
 
 
 def load(path: Path) -> tuple[dict, list[Run]]:
@@ -299,11 +340,16 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
     name = path.stem.replace("pruning-", "")
     out = {}
     for label, rule_name, grace, rf in candidates:
-        rule = ProbeRule(grace, rf, epochs) if rule_name == "probe" else make_rule(rule_name, old_grace, grace or 1, rf,
-                                                                                  epochs)
+        if rule_name == "probe":
+            rule = ProbeRule(grace, rf, epochs)
+        elif rule_name == "second":
+            rule = SecondRungRule(*grace, rf, epochs)
+        else:
+            rule = make_rule(rule_name, old_grace, grace or 1, rf, epochs)
         res = evaluate_rule(runs, rule, data["base"], epochs, seeds, n_images)
         out[label] = {**res, "rungs": rule.rungs(), "rule": rule_name, "grace": rule.grace, "rf": rf}
-        print(f"RATIO data={name} rule=\"{label}\" rungs={','.join(f'{r:g}' for r in rule.rungs()) or 'none'} spearman={res['spearman']:.3f} "
+        rungs = rule.rungs() if rule_name != "second" else [r for r in grace if r < epochs]  # in epochs at full strength
+        print(f"RATIO data={name} rule=\"{label}\" rungs={','.join(f'{r:g}' for r in rungs) or 'none'} spearman={res['spearman']:.3f} "
               f"kendall={res['kendall']:.3f} best_survives={res['best_survives']:.2f} "
               f"regret_pts={res['regret_pts']:.2f} regret_images={res['regret_images']:.1f} "
               f"worst_regret_pts={res['worst_regret_pts']:.2f} compute={res['compute']:.2f}", flush=True)
@@ -344,7 +390,7 @@ def main(argv=None) -> int:
     ap.add_argument("data", nargs="*", type=Path)
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--plot", type=Path)
-    ap.add_argument("--quick", action="store_true", help="record 3 tiny configurations, replay 5 seeds")
+    ap.add_argument("--quick", action="store_true", help="record 3 tiny configurations (and their 1-epoch probes), replay every mode on 5 seeds")
     ap.add_argument("--tolerance", type=float, default=0.0,
                     help="replay ASHA with its cutoff lowered by this much (a trial within TOLERANCE of the cutoff "
                          "continues: a band against validation noise). A what-if of the replay, not a rule advtune "
@@ -354,6 +400,8 @@ def main(argv=None) -> int:
                          "have (then judged against all of them): ASHA without its early over-promotion, a what-if")
     ap.add_argument("--probes", action="store_true", help="replay budget-compressed probes (PROBES, for the probe "
                     "lengths the recordings hold: pruning_record.py --probes) beside the default rule")
+    ap.add_argument("--second-rung", action="store_true", help="replay the default's first rung with a second one "
+                    "before the end of training (SECOND_RUNGS, SecondRungRule) beside the default rule")
     ap.add_argument("--grid", action="store_true", help="replay the GRID of rules instead of the table's candidates "
                     "and print one GRID line per rule over all the data given")
     args = ap.parse_args(argv)
@@ -363,7 +411,7 @@ def main(argv=None) -> int:
         tmp = Path(tempfile.mkdtemp()) / "pruning-quick.json"
         record(["--quick", "--out", str(tmp)])
         record(["--probes", "1", "--out", str(tmp)])  # and one-epoch probes of them: the probe replay runs too
-        args.data, args.seeds, args.probes = [tmp], 5, True
+        args.data, args.seeds, args.probes, args.second_rung = [tmp], 5, True, True
     if not args.data:
         ap.error("give recorded curves (docs/data/pruning-*.json) or --quick")
     if args.tolerance:
@@ -389,6 +437,11 @@ def main(argv=None) -> int:
             if not have:
                 ap.error(f"{p} holds no probe curves: record them first (pruning_record.py --probes 1,2,3 --out {p})")
             analyse(p, args.seeds, [c for c in PROBES if c[2] in have] + [CANDIDATES[5]])
+        if not args.quick:
+            return 0
+    if args.second_rung:
+        for p in args.data:
+            analyse(p, args.seeds, SECOND_RUNGS + [CANDIDATES[5]])
         if not args.quick:
             return 0
     analyses = [analyse(p, args.seeds) for p in args.data]
