@@ -22,7 +22,7 @@ from .records import FINAL_STATES, StudyRecords
 from .storage import Remote
 from .tune_backend import StudyCallback
 
-__all__ = ["CloudStudyCallback", "optuna_storage", "export_optuna", "drop_never_started", "complete_records",
+__all__ = ["CloudStudyCallback", "DriverHeartbeat", "optuna_storage", "export_optuna", "drop_never_started", "complete_records",
            "best_checkpoint_uri"]
 
 
@@ -47,6 +47,55 @@ def export_optuna(searcher, path: Path) -> None:
     optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage,
                       to_storage=f"sqlite:///{tmp}", to_study_name=study.study_name)
     os.replace(tmp, path)
+
+
+class DriverHeartbeat:
+    """The driver's record of a cloud study (``study.liveness``), with a heartbeat: written into the staging folder
+    (readers on this machine check the process) and to ``<URI>/<name>/driver.json`` (readers elsewhere, and
+    ``advtune resume`` there, take the study as running until ``STALE_BEATS`` beats are missing), rewritten every
+    ``heartbeat_period()`` seconds by a daemon thread, removed by :meth:`stop` if still this driver's."""
+
+    def __init__(self, remote: Remote, study_dir: Path) -> None:
+        import threading
+
+        from .liveness import heartbeat_period
+
+        self.remote, self.study_dir, self.period = remote, Path(study_dir), heartbeat_period()
+        self._stop, self._started = threading.Event(), None
+        self._thread = threading.Thread(target=self._run, name="advtune-driver-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        from .liveness import FILE, driver_started
+
+        record = driver_started(self.study_dir, self.period, self._started)
+        self._started = record["started"]
+        self.remote.write_bytes(FILE, json.dumps(record).encode())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self._beat()
+            except OSError:  # the bucket unreachable for a moment: the next beat tries again
+                pass
+
+    def start(self) -> "DriverHeartbeat":
+        self._beat()  # before anything else runs: a reader right after the start sees the driver
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        from .liveness import FILE, driver_ended
+
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        try:
+            theirs = json.loads(self.remote.read_bytes(FILE))
+            if theirs.get("started") == self._started and theirs.get("pid") == os.getpid():
+                self.remote.fs.delete_file(self.remote.remote_path(FILE))
+        except (OSError, ValueError):
+            pass
+        driver_ended(self.study_dir)
 
 
 class CloudStudyCallback(StudyCallback):

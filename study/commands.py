@@ -105,15 +105,13 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
     from .export import compute_summary, export, load_study
 
     started = _connect(tb, spec)
-    t0 = time.time()
+    t0, release_lease = time.time(), None
     try:
         spec = _check_cluster(spec)
         if before_start is not None:
             before_start()
-        if spec.storage.has_driver_lease:  # `advtune status` / `export` can tell a running study (study/liveness.py)
-            from .liveness import driver_started
-
-            driver_started(study_dir)
+        # `advtune status` / `export` / `resume` can tell a running study (study/liveness.py)
+        release_lease = spec.storage.hold_driver_lease(study_dir)
         _ensure_pretrained(tb, spec, pretrain_cfg)
         tuner = tb.restore_tuner(spec, study_dir) if resume else tb.make_tuner(spec, space, study_dir)
         tb.fit(tuner)
@@ -125,9 +123,8 @@ def _launch(spec, space, study_dir: Path, resume: bool, pretrain_cfg: dict | Non
 
         log_final(spec, study_dir)  # the strong figures, to each trial's MLflow run (--tracker mlflow)
     finally:
-        from .liveness import driver_ended
-
-        driver_ended(study_dir)
+        if release_lease is not None:
+            release_lease()
         if started:
             import ray
 
@@ -349,6 +346,13 @@ def _resume_cloud(args: argparse.Namespace) -> int:
 
     study_dir, remote = open_study(args.study)
     marker = read_marker(study_dir)
+    from .liveness import STALE_BEATS, driver_of
+
+    driver = driver_of(study_dir)  # the heartbeat the bucket holds (study.cloud_study.DriverHeartbeat)
+    if driver is not None:
+        raise StudyError(f"study {args.study} is running ({driver.describe()}); a second driver would run its trials "
+                         f"twice. Follow it with advtune status {args.study} --watch (a driver killed on another "
+                         f"machine counts as gone once it has missed {STALE_BEATS} heartbeats)")
     if not remote.exists("tuner.pkl"):
         raise StudyError(f"{args.study} holds no Ray Tune state to resume (the study never started); start it "
                          "again with advtune run")

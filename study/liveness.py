@@ -6,6 +6,11 @@ the driver's own machine checks that the process still exists; a reader on anoth
 and takes the study as running as long as the file is there (it says so). Without the file the
 study is not running: finished, or interrupted (``advtune resume`` continues it).
 
+A study in cloud storage is read from other machines as a rule, so its driver's record carries a
+heartbeat: the driver rewrites it every ``period`` seconds (``beat``: when, by the driver's clock) in its
+staging folder and in the bucket (``study.cloud_study.DriverHeartbeat``). A reader on another machine
+takes such a driver as gone once ``STALE_BEATS`` beats are missing.
+
 Readers: ``advtune status`` (no ``advtune resume`` advice while it runs; ``--watch`` redraws until
 it ends) and ``advtune export`` (warns that the export is of the trials so far).
 """
@@ -18,9 +23,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FILE", "Driver", "driver_started", "driver_ended", "driver_of", "study_state"]
+__all__ = ["FILE", "Driver", "driver_started", "driver_ended", "driver_of", "study_state", "HEARTBEAT_ENV",
+           "heartbeat_period", "STALE_BEATS"]
 
 FILE = "driver.json"
+HEARTBEAT_ENV = "ADVTUNE_DRIVER_HEARTBEAT_S"  # seconds between a cloud driver's beats (default 30)
+STALE_BEATS = 4  # a record whose last beat is older than this many periods is a driver gone (clock skew: beats)
+
+
+def heartbeat_period() -> float:
+    return float(os.environ.get(HEARTBEAT_ENV, "30"))
 
 
 @dataclass(frozen=True)
@@ -29,19 +41,30 @@ class Driver:
     host: str
     started: float  # seconds since the epoch
     local: bool  # on this machine: ``pid`` was checked to be alive
+    beat: float | None = None  # a cloud driver's last heartbeat (its clock)
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started))
-        where = "on this machine" if self.local else f"on {self.host} (not checked from here)"
+        if self.local:
+            where = "on this machine"
+        elif self.beat is not None:
+            where = f"on {self.host}, last heartbeat {max(0.0, time.time() - self.beat):.0f} s ago"
+        else:
+            where = f"on {self.host} (not checked from here)"
         return f"driver pid {self.pid} {where}, since {since}"
 
 
-def driver_started(study_dir: str | Path) -> None:
-    """Record this process as the study's driver."""
+def driver_started(study_dir: str | Path, period: float | None = None, started: float | None = None) -> dict:
+    """Record this process as the study's driver (with a heartbeat every ``period`` seconds: a beat now);
+    returns the record written."""
     path = Path(study_dir) / FILE
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": started or time.time()}
+    if period is not None:
+        record.update(beat=time.time(), period=period)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
+    tmp.write_text(json.dumps(record))
     os.replace(tmp, path)
+    return record
 
 
 def driver_ended(study_dir: str | Path) -> None:
@@ -70,12 +93,16 @@ def driver_of(study_dir: str | Path) -> Driver | None:
     try:
         data = json.loads((Path(study_dir) / FILE).read_text())
         pid, host, started = int(data["pid"]), str(data["host"]), float(data["started"])
+        beat = float(data["beat"]) if "beat" in data else None
+        period = float(data.get("period", 0))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     local = host == socket.gethostname()
     if local and not _alive(pid):
         return None
-    return Driver(pid, host, started, local)
+    if not local and beat is not None and time.time() - beat > STALE_BEATS * period:
+        return None  # its heartbeat stopped: killed, or its machine lost
+    return Driver(pid, host, started, local, beat)
 
 
 def study_state(study_dir: str | Path, records: list, num_samples: int) -> tuple[str, Driver | None]:

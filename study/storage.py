@@ -155,6 +155,8 @@ class Remote:
             if not path.is_file() or path.name.endswith((".tmp", ".lock")) or path.name.startswith("."):
                 continue
             rel = path.relative_to(self.local).as_posix()
+            if rel == DRIVER_FILE:  # the driver's heartbeat writes the bucket's copy itself (study.cloud_study)
+                continue
             st = path.stat()
             key = (st.st_size, st.st_mtime_ns)
             if self._sent.get(rel) == key:
@@ -164,6 +166,13 @@ class Remote:
             self._sent[rel] = key
             n += 1
         return n
+
+    def mark_sent(self) -> None:
+        """Take the staging folder as in the bucket already: a push then uploads only what changes after."""
+        for path in self.local.rglob("*"):
+            if path.is_file():
+                st = path.stat()
+                self._sent[path.relative_to(self.local).as_posix()] = (st.st_size, st.st_mtime_ns)
 
     def pull(self) -> None:
         """Replace the staging folder by the study's records in the bucket (not Ray's state, not checkpoints)."""
@@ -188,6 +197,7 @@ class Remote:
 
 
 _RECORD_DIRS = ("trials", "tensorboard", "export", "report")
+DRIVER_FILE = "driver.json"  # study.liveness.FILE
 
 
 def open_study(location: str) -> tuple[Path, Remote | None]:
@@ -198,11 +208,19 @@ def open_study(location: str) -> tuple[Path, Remote | None]:
     if not is_uri(location):
         return Path(location), None
     check_uri(location)
+    from .liveness import driver_of
+
     remote = Remote(location)
     if not remote.exists(MARKER):
         raise StudyError(f"{location} holds no advtune study (no {MARKER} there); pass the URI `advtune run` "
                          "printed as the study's location (--storage-path URI + / + --name)")
-    remote.pull()
+    driver = driver_of(remote.local)
+    if driver is not None and driver.local:
+        # the staging folder of a driver running on this machine: its records are the newest there are, and a
+        # pull (which replaces the folder) would take from under it the lines it has not pushed yet
+        remote.mark_sent()
+    else:
+        remote.pull()
     return remote.local, remote
 
 
@@ -259,10 +277,12 @@ class StudyStorage:
         """Whether trials on other nodes write into a directory (``spec.check_storage`` checks it is shared)."""
         return True
 
-    @property
-    def has_driver_lease(self) -> bool:
-        """Whether the driver marks the study running in its folder (``study/liveness.py``)."""
-        return True
+    def hold_driver_lease(self, study_dir: Path):
+        """Mark this process as the study's driver (``study/liveness.py``); returns the function that ends it."""
+        from .liveness import driver_ended, driver_started
+
+        driver_started(study_dir)
+        return lambda: driver_ended(study_dir)
 
     @property
     def restaged_by_driver(self) -> bool:
@@ -345,9 +365,10 @@ class CloudStorage(StudyStorage):
     def needs_shared_filesystem(self) -> bool:
         return False
 
-    @property
-    def has_driver_lease(self) -> bool:
-        return False
+    def hold_driver_lease(self, study_dir: Path):  # with a heartbeat in the bucket, for readers elsewhere
+        from .cloud_study import DriverHeartbeat
+
+        return DriverHeartbeat(Remote(self.location, study_dir), study_dir).start().stop
 
     @property
     def restaged_by_driver(self) -> bool:

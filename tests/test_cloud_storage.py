@@ -77,10 +77,21 @@ def study(cluster, tmp_path_factory):
         victim = _wait(lambda: next((r for r in records() if r.metrics and r.metrics[-1].get("node_id") ==
                                      doomed.node_id and len(r.metrics) < EPOCHS - 1), None),
                        proc, log_path, "a trial part-way through on the doomed node")
+        # while it runs: status on the driver's machine (its cache: the driver's own staging folder) and a
+        # second driver's resume from elsewhere, side by side with the study (collected after the kill)
+        third = tmp_path_factory.mktemp("machine-c")
+        readers = {"status": subprocess.Popen([*ADVTUNE, "status", f"{URI}/cloud"], cwd=first, env=_env(first),
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                              stdin=subprocess.DEVNULL),
+                   "resume": subprocess.Popen([*ADVTUNE, "resume", f"{URI}/cloud", "--address", c.address], cwd=third,
+                                              env=_env(third), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                              text=True, stdin=subprocess.DEVNULL)}
         c.remove_node(doomed, allow_graceful=False)
         lines = lambda: sum(len(r.metrics) for r in records())  # noqa: E731
         at_removal = lines()
         _wait(lambda: lines() >= at_removal + 2, proc, log_path, "progress after the node loss")
+        said = {k: r.communicate(timeout=300) for k, r in readers.items()}  # before the kill: they saw it run
+        said = {k: (readers[k].returncode, out) for k, (out, _) in said.items()}
         before_kill = records()
         os.kill(proc.pid, signal.SIGKILL)  # the driver only: the cluster is not its to stop
         proc.wait()
@@ -93,7 +104,21 @@ def study(cluster, tmp_path_factory):
                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return {"victim": victim, "before_kill": before_kill, "keep": keep, "doomed": doomed, "first": first,
-            "second": second, "resume_out": res.stdout}
+            "second": second, "resume_out": res.stdout, "readers": said}
+
+
+def test_a_running_cloud_study_is_seen_running_and_not_driven_twice(study):
+    """`advtune status URI` on the driver's machine read the driver's staging folder as it was (a pull there
+    replaced the folder under the running driver, and said "interrupted": no driver record for a cloud study), and
+    `advtune resume URI` from another folder saw the driver's heartbeat in the bucket and refused to drive the study
+    a second time. When the resumed study ended, its driver took its record out of the bucket."""
+    rc, out = study["readers"]["status"]
+    assert rc == 0 and "running (driver pid" in out and "on this machine" in out, out[-2000:]
+    rc, out = study["readers"]["resume"]
+    assert rc == 2 and "is running (driver pid" in out and "a second driver would run its trials twice" in out, \
+        out[-2000:]
+    assert "Traceback" not in out
+    assert "driver.json" not in _bucket_files(f"{URI}/cloud")
 
 
 def test_every_trial_completes_each_epoch_trained_once(study, tmp_path):

@@ -313,3 +313,27 @@ def test_autoattack_reports_progress_per_attack_and_chunk():
 
     logger = logging.getLogger("auto-attack")  # left as it was found
     assert logger.propagate and not logger.handlers
+
+
+def test_a_driver_on_another_machine_runs_while_its_heartbeat_is_fresh(tmp_path, capsys):
+    """A cloud study's driver record (pulled from the bucket) names another machine, whose process a reader cannot
+    check: the study is running while the record's heartbeat is fresh, interrupted once STALE_BEATS beats are
+    missing (a driver killed there, or its machine lost), instead of running for ever."""
+    import json
+    import time
+
+    from advtune.study import liveness
+
+    d = write_study(tmp_path, trials=TRIALS[:2] + (("t_run", "running", 2, 0.2, 0.9, None),), num_samples=6, final=False)
+    record = {"pid": 4242, "host": "head-node-elsewhere", "started": time.time() - 600, "period": 30}
+    (d / liveness.FILE).write_text(json.dumps({**record, "beat": time.time() - 20}))
+    assert main(["status", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "running" in out and "head-node-elsewhere, last heartbeat 2" in out and "advtune resume" not in out
+    (d / liveness.FILE).write_text(json.dumps({**record, "beat": time.time() - (liveness.STALE_BEATS * 30 + 5)}))
+    assert main(["status", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "interrupted" in out and f"advtune resume {d}" in out
+    (d / liveness.FILE).write_text(json.dumps(record))  # a record without a heartbeat (a shared-path study): running
+    assert main(["status", str(d)]) == 0
+    assert "not checked from here" in capsys.readouterr().out

@@ -3,6 +3,7 @@ owns one storage object, local or cloud, that every command asks instead of bran
 level: no Ray, no network."""
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,8 +56,15 @@ def test_a_directory_study_keeps_everything_in_its_folder(tmp_path):
     moved = tmp_path / "moved"  # a resumed study may sit elsewhere now: the folder given wins
     assert st.trial_dir(moved) == str(moved) and st.restore_path(moved) == str(moved)
     assert st.pretrained_target(moved) == str(moved / "pretrained" / "best.pt")
-    assert st.needs_shared_filesystem and st.has_driver_lease and not st.restaged_by_driver
+    assert st.needs_shared_filesystem and not st.restaged_by_driver
     assert st.staged_note() == ""
+    from advtune.study.liveness import driver_of
+
+    moved.mkdir()
+    release = st.hold_driver_lease(moved)  # the driver's record in the study folder, this process, no heartbeat
+    assert driver_of(moved).local and driver_of(moved).pid == os.getpid() and driver_of(moved).beat is None
+    release()
+    assert driver_of(moved) is None and not (moved / "driver.json").exists()
     (d / "trials" / "a").mkdir(parents=True)
     (d / "trials" / "a" / "best.pt").write_bytes(b"x")
     (d / "trials" / "b").mkdir(parents=True)
@@ -79,7 +87,7 @@ def test_a_cloud_study_stages_records_and_gives_trials_its_uri(tmp_path, monkeyp
     assert st.trial_dir(staging) == "s3://bucket/runs/s1"  # never the driver's staging folder
     assert st.restore_path(staging) == "s3://bucket/runs/s1"
     assert st.pretrained_target(staging) == "s3://bucket/runs/s1/pretrained/best.pt"
-    assert not st.needs_shared_filesystem and not st.has_driver_lease and st.restaged_by_driver
+    assert not st.needs_shared_filesystem and st.restaged_by_driver
     assert str(staging) in st.staged_note()
     assert isinstance(replace(spec, address="ray://x").storage, CloudStorage)  # a replaced spec keeps its kind
 
