@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,8 @@ class DriverHeartbeat:
             self._thread.join(timeout=30)
         try:
             theirs = json.loads(self.remote.read_bytes(FILE))
-            if theirs.get("started") == self._started and theirs.get("pid") == os.getpid():
+            if (theirs.get("started"), theirs.get("pid"), theirs.get("host")) == (self._started, os.getpid(),
+                                                                                 socket.gethostname()):
                 self.remote.fs.delete_file(self.remote.remote_path(FILE))
         except (OSError, ValueError):
             pass

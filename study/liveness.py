@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["FILE", "Driver", "driver_started", "driver_ended", "driver_of", "study_state", "HEARTBEAT_ENV",
-           "heartbeat_period", "STALE_BEATS"]
+           "heartbeat_period", "STALE_BEATS", "driven_here"]
 
 FILE = "driver.json"
 HEARTBEAT_ENV = "ADVTUNE_DRIVER_HEARTBEAT_S"  # seconds between a cloud driver's beats (default 30)
@@ -42,6 +42,7 @@ class Driver:
     started: float  # seconds since the epoch
     local: bool  # on this machine: ``pid`` was checked to be alive
     beat: float | None = None  # a cloud driver's last heartbeat (its clock)
+    staging: str | None = None  # a cloud driver's staging folder (on its machine)
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started))
@@ -55,12 +56,13 @@ class Driver:
 
 
 def driver_started(study_dir: str | Path, period: float | None = None, started: float | None = None) -> dict:
-    """Record this process as the study's driver (with a heartbeat every ``period`` seconds: a beat now);
+    """Record this process as the study's driver (with a heartbeat every ``period`` seconds: a beat now, and the
+    folder it is written in, which tells the driver's own staging folder from a reader's copy of the record);
     returns the record written."""
     path = Path(study_dir) / FILE
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": started or time.time()}
     if period is not None:
-        record.update(beat=time.time(), period=period)
+        record.update(beat=time.time(), period=period, staging=str(Path(study_dir).resolve()))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, path)
@@ -94,7 +96,7 @@ def driver_of(study_dir: str | Path) -> Driver | None:
         data = json.loads((Path(study_dir) / FILE).read_text())
         pid, host, started = int(data["pid"]), str(data["host"]), float(data["started"])
         beat = float(data["beat"]) if "beat" in data else None
-        period = float(data.get("period", 0))
+        period, staging = float(data.get("period", 0)), data.get("staging")
     except (OSError, ValueError, KeyError, TypeError):
         return None
     local = host == socket.gethostname()
@@ -102,7 +104,14 @@ def driver_of(study_dir: str | Path) -> Driver | None:
         return None
     if not local and beat is not None and time.time() - beat > STALE_BEATS * period:
         return None  # its heartbeat stopped: killed, or its machine lost
-    return Driver(pid, host, started, local, beat)
+    return Driver(pid, host, started, local, beat, staging)
+
+
+def driven_here(folder: str | Path) -> bool:
+    """Whether ``folder`` is the staging folder of a cloud study's driver running on this machine (not a reader's
+    copy of its record, pulled into a folder of its own: the record names the folder it was written in)."""
+    driver = driver_of(folder)
+    return driver is not None and driver.local and driver.staging == str(Path(folder).resolve())
 
 
 def study_state(study_dir: str | Path, records: list, num_samples: int) -> tuple[str, Driver | None]:

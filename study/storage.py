@@ -208,14 +208,13 @@ def open_study(location: str) -> tuple[Path, Remote | None]:
     if not is_uri(location):
         return Path(location), None
     check_uri(location)
-    from .liveness import driver_of
+    from .liveness import driven_here
 
     remote = Remote(location)
     if not remote.exists(MARKER):
         raise StudyError(f"{location} holds no advtune study (no {MARKER} there); pass the URI `advtune run` "
                          "printed as the study's location (--storage-path URI + / + --name)")
-    driver = driver_of(remote.local)
-    if driver is not None and driver.local:
+    if driven_here(remote.local):
         # the staging folder of a driver running on this machine: its records are the newest there are, and a
         # pull (which replaces the folder) would take from under it the lines it has not pushed yet
         remote.mark_sent()

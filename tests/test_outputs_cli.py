@@ -337,3 +337,24 @@ def test_a_driver_on_another_machine_runs_while_its_heartbeat_is_fresh(tmp_path,
     (d / liveness.FILE).write_text(json.dumps(record))  # a record without a heartbeat (a shared-path study): running
     assert main(["status", str(d)]) == 0
     assert "not checked from here" in capsys.readouterr().out
+
+
+def test_a_readers_copy_of_a_cloud_drivers_record_does_not_stop_it_pulling(tmp_path):
+    """On the driver's machine `advtune status URI` reads the driver's staging folder as it is (a pull would replace
+    it under the running driver); a reader with a folder of its own (another ADVTUNE_CACHE) holds a copy of the
+    record pulled from the bucket, which must not stop it pulling fresh records (storage.open_study asks this)."""
+    import shutil
+
+    from advtune.study import liveness
+
+    driver_dir, reader_dir = tmp_path / "staging", tmp_path / "reader"
+    driver_dir.mkdir()
+    reader_dir.mkdir()
+    liveness.driver_started(driver_dir, period=30)
+    shutil.copy(driver_dir / liveness.FILE, reader_dir / liveness.FILE)  # what a pull brings
+    try:
+        assert liveness.driver_of(reader_dir).local  # this process, alive, on this machine
+        assert liveness.driven_here(driver_dir) and not liveness.driven_here(reader_dir)
+    finally:
+        liveness.driver_ended(driver_dir)
+    assert not liveness.driven_here(driver_dir)
