@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -42,7 +43,9 @@ def _trial(params: dict, base: dict, study_dir: str, peaks_file: str, release: b
             me = psutil.Process()
             while True:
                 state["peaks"][-1] = max(state["peaks"][-1], me.memory_full_info().uss)
-                Path(peaks_file).write_text(json.dumps(state["peaks"]))
+                tmp = Path(f"{peaks_file}.{os.getpid()}.tmp")  # whole or not at all: the driver reads it any time
+                tmp.write_text(json.dumps(state["peaks"]))
+                os.replace(tmp, peaks_file)
                 threading.Event().wait(0.3)
 
         state["thread"] = threading.Thread(target=sample, daemon=True)
