@@ -283,12 +283,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from .final_eval import check_settings
 
     check_settings(spec.final_attack, spec.final_top_k, spec.final_images, spec.num_samples)  # before Ray starts
-    from .liveness import driver_of
-
-    driver = driver_of(study_dir)
-    if driver is not None:
-        raise StudyError(f"study {spec.name} is running ({driver.describe()}); a second driver would run its trials "
-                         f"twice. Follow it with advtune status {study_dir} --watch")
+    _refuse_running(spec.name, study_dir, study_dir)
     done = _nothing_to_resume(spec, study_dir)
     if done:
         print(done)
@@ -304,6 +299,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     print(f"resuming study {spec.name} in {study_dir}"
           + (f" ({added} epoch(s) restored from the trials' histories)" if added else ""), flush=True)
     return _launch(spec, None, study_dir, resume=True, pretrain_cfg=marker.get("pretrain_from"))
+
+
+def _refuse_running(name: str, location, study_dir: Path) -> None:
+    """Refuse to resume a study whose driver still runs (``study/liveness.py``): its trials would run twice."""
+    from .liveness import STALE_BEATS, driver_of
+
+    driver = driver_of(study_dir)
+    if driver is not None:
+        gone = "" if driver.beat is None else (f" (a driver killed on another machine counts as gone once it has "
+                                               f"missed {STALE_BEATS} heartbeats)")
+        raise StudyError(f"study {name} is running ({driver.describe()}); a second driver would run its trials "
+                         f"twice. Follow it with advtune status {location} --watch{gone}")
 
 
 def _nothing_to_resume(spec, study_dir: Path) -> str | None:
@@ -346,13 +353,7 @@ def _resume_cloud(args: argparse.Namespace) -> int:
 
     study_dir, remote = open_study(args.study)
     marker = read_marker(study_dir)
-    from .liveness import STALE_BEATS, driver_of
-
-    driver = driver_of(study_dir)  # the heartbeat the bucket holds (study.cloud_study.DriverHeartbeat)
-    if driver is not None:
-        raise StudyError(f"study {args.study} is running ({driver.describe()}); a second driver would run its trials "
-                         f"twice. Follow it with advtune status {args.study} --watch (a driver killed on another "
-                         f"machine counts as gone once it has missed {STALE_BEATS} heartbeats)")
+    _refuse_running(args.study, args.study, study_dir)  # the heartbeat the bucket holds (cloud_study.DriverHeartbeat)
     if not remote.exists("tuner.pkl"):
         raise StudyError(f"{args.study} holds no Ray Tune state to resume (the study never started); start it "
                          "again with advtune run")

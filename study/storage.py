@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StudyError
+from .liveness import FILE as DRIVER_FILE
 
 __all__ = ["is_uri", "study_uri", "Remote", "staging_dir", "check_uri", "check_scheme", "SCHEMES", "SYNC_PERIOD_S", "open_study",
            "StudyStorage", "LocalStorage", "CloudStorage", "storage_for", "resolve_storage_path"]
@@ -155,7 +156,7 @@ class Remote:
             if not path.is_file() or path.name.endswith((".tmp", ".lock")) or path.name.startswith("."):
                 continue
             rel = path.relative_to(self.local).as_posix()
-            if rel == DRIVER_FILE:  # the driver's heartbeat writes the bucket's copy itself (study.cloud_study)
+            if rel == DRIVER_FILE:  # study.liveness's record: the driver's heartbeat writes the bucket's copy itself (study.cloud_study)
                 continue
             st = path.stat()
             key = (st.st_size, st.st_mtime_ns)
@@ -197,7 +198,6 @@ class Remote:
 
 
 _RECORD_DIRS = ("trials", "tensorboard", "export", "report")
-DRIVER_FILE = "driver.json"  # study.liveness.FILE
 
 
 def open_study(location: str) -> tuple[Path, Remote | None]:
