@@ -38,9 +38,9 @@ def wait_until_saved(trial_id: str, timeout: float = SAVED_STATE_WAIT_S, poll: f
     Ray Tune saves that state periodically (every 10 s or more) and after trial checkpoints, not when it
     starts a trial. A trial whose first epoch is shorter than that stored its first checkpoint while the saved
     state did not know it: a driver killed then was resumed without the trial, whose finished epochs were lost
-    and whose values the search proposed again as a new trial (the orphan's folder a fifth trial of four). A
-    trial therefore stores no checkpoint before the saved state names it; a killed driver can then lose only
-    the epoch in flight. Epochs of minutes never wait: the state was saved while the epoch trained."""
+    and whose place the search gave to a new trial (the orphan's checkpoints left beside it). A trial therefore
+    stores no checkpoint before the saved state names it; a killed driver can then lose only the epoch in
+    flight. An epoch longer than Ray's saving period never waits: the state was saved while it trained."""
     import time
 
     from ray import tune
@@ -56,7 +56,7 @@ def wait_until_saved(trial_id: str, timeout: float = SAVED_STATE_WAIT_S, poll: f
                 with fs.open_input_stream(newest) as f:
                     if needle in f.read():
                         return True
-            except (FileNotFoundError, OSError):  # replaced while read: read the new one next time
+            except OSError:  # replaced while read: read the new one next time
                 pass
         if time.monotonic() > deadline:
             print(f"advtune: Ray Tune's saved state still does not name trial {trial_id} after {timeout:g} s; "
