@@ -27,10 +27,15 @@ the order the events happen and stops trials as it would in a study. Per rule it
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40 --min-rung 12
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --probes --seeds 200
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --second-rung --seeds 200
+    .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --aligned --seeds 200
+    .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --aligned --grid --seeds 40 --min-rung 16
 
 ``--probes`` replays budget-compressed probes (:class:`ProbeRule`, on the probe curves that
 ``pruning_record.py --probes`` adds to a recording) beside the default rule; ``--second-rung`` the default's
-first rung with a second before the end of training (:class:`SecondRungRule`). ``--tolerance`` and
+first rung with a second before the end of training (:class:`SecondRungRule`); ``--aligned`` ``full_strength`` rules
+with each trial judged at a validation placed at its first rung itself (mid-epoch, the figures
+``pruning_record.py --rung-figures`` measured; the extra validation's passes are counted), not at the first
+epoch end after it. ``--tolerance`` and
 ``--min-rung`` are what-ifs of the replay, not rules advtune offers: a band under ASHA's cutoff, and ASHA
 without its early over-promotion (a trial reaching the first rung before ``MIN_RUNG`` others is paused
 and judged once they have).
@@ -74,6 +79,9 @@ PROBES = [(f"probe {b} rf{rf}", "probe", b, rf) for b in (1, 2, 3) for rf in (3,
 # --second-rung: the default's first rung (1.75 epochs at full strength) and a second at 3.5 to 4.5, rf 3 and 4
 SECOND_RUNGS = [(f"full_strength g1.75 then {g2:g} rf{rf}", "second", (1.75, g2), rf) for g2 in (3.5, 4, 4.5)
                 for rf in (3, 4)]
+# --aligned: full_strength judged at a validation placed at the first rung itself, for each first rung the recordings
+# hold figures of (pruning_record.py --rung-figures), reduction factors 4 and 5
+ALIGNED_RFS = (4, 5)
 # --grid: both clocks, first rung 0.5-2.5 epochs, reduction factor 2-5 (the search for a rule within the compute
 # target, benchmarks §9); TARGETS: the fidelity targets of the pruning issue, on every problem
 GRID = [(f"{rule} g{g:g} rf{rf}", rule, g, rf) for rule in ("full_strength", "decay_progress")
@@ -103,13 +111,14 @@ class Run:
     history: list  # per-epoch metrics
     strong: float  # final strong figure of the unpruned run's best checkpoint
     probes: dict  # {epochs: per-epoch metrics of the configuration trained for only that many epochs}
+    rung_figures: dict = None  # {"G": the figure measured exactly G epochs at full strength in (pruning_record.py)}
 
     def steps(self, rule) -> list[dict]:
         """The results the trial reports under ``rule``, in order, with cumulative grad passes. Under a
         :class:`ProbeRule`: its probe's one result (the probe's best figure), then the full run's epochs, their
         ``epoch`` already in the probe rule's time (its ``time`` is the identity)."""
         if not isinstance(rule, ProbeRule):
-            return self.history
+            return self.aligned(rule) if ALIGNED else self.history
         probe = self.probes[rule.probe_epochs]
         spent = probe[-1]["grad_passes"]
         head = {"phase": "probe", "epoch": rule.grace, "robust_acc": probe[-1]["best_robust_acc"],
@@ -117,6 +126,38 @@ class Run:
                 "epoch_seconds": sum(h["epoch_seconds"] for h in probe)}
         return [head, *({**h, "epoch": rule.full_run_time(h["epoch"]), "grad_passes": h["grad_passes"] + spent}
                         for h in self.history)]
+
+
+    def aligned(self, rule) -> list[dict]:
+        """``--aligned``: the history with a validation at the rule's first rung itself (the figure
+        ``pruning_record.py --rung-figures`` measured there, mid-epoch), the extra validation's passes (``ALIGNED``,
+        in grad passes) counted in every later result; as recorded where the rung falls on an epoch end or no
+        figure was measured there."""
+        rungs = rule.rungs()
+        fig = (self.rung_figures or {}).get(f"{rungs[0]:g}") if rungs and rule.name == "full_strength" else None
+        if fig is None or abs(fig["epoch"] - round(fig["epoch"])) < 1e-9:
+            return self.history
+        k = int(fig["epoch"])  # the epoch it falls in: history[k] ends it
+        prev_best = self.history[k - 1]["best_robust_acc"] if k else 0.0
+        frac = fig["epoch"] - k
+        nxt = self.history[k]
+        mid = {"epoch": fig["epoch"], "robust_acc": fig["robust_acc"], "best_robust_acc": max(prev_best, fig["robust_acc"]),
+               "grad_passes": fig["grad_passes"], "epoch_seconds": frac * nxt["epoch_seconds"]}
+        rest = [{**h, "grad_passes": h["grad_passes"] + ALIGNED} for h in self.history[k:]]
+        rest[0]["epoch_seconds"] = (1 - frac) * nxt["epoch_seconds"]
+        return [*self.history[:k], mid, *rest]
+
+
+ALIGNED = 0  # while an "aligned" rule is replayed: grad passes of its extra validation on that problem (else 0)
+
+
+def validation_passes(base: dict) -> int:
+    """Grad passes of one validation of the recording's problem: every validation image attacked for
+    ``val_steps`` steps per restart, and its clean figure."""
+    from advtune.trainables.data import load_splits
+
+    n = len(load_splits(base["dataset"], base["data_root"], base["val_size"], base["split_seed"]).val)
+    return n * (base["val_steps"] * base["val_restarts"] + 1)
 
 
 @dataclass(frozen=True)
@@ -197,7 +238,8 @@ def load(path: Path) -> tuple[dict, list[Run]]:
         if not r.get("strong"):
             continue
         runs.append(Run(r["index"], r["params"], full_strength_point({**base, **r["params"]}), r["history"],
-                        r["strong"]["robust_acc"], {int(b): h for b, h in r.get("probes", {}).items()}))
+                        r["strong"]["robust_acc"], {int(b): h for b, h in r.get("probes", {}).items()},
+                        r.get("rung_figures", {})))
     return data, runs
 
 
@@ -334,6 +376,8 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
 
     data, runs = load(path)
     epochs = data["max_epochs"]
+    global ALIGNED
+    extra_validation = validation_passes(data["base"]) if any(c[1] == "aligned" for c in candidates) else 0
     base_cfg = TrialConfig.from_dict(data["base"])
     old_grace, _ = min_grace(load_space(data["space"], base_cfg), base_cfg, epochs)
     n_images = next(r["strong"]["n"] for r in data["runs"] if r.get("strong"))
@@ -345,8 +389,13 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
         elif rule_name == "second":
             rule = SecondRungRule(*grace, rf, epochs)
         else:
-            rule = make_rule(rule_name, old_grace, grace or 1, rf, epochs)
-        res = evaluate_rule(runs, rule, data["base"], epochs, seeds, n_images)
+            rule = make_rule("full_strength" if rule_name == "aligned" else rule_name, old_grace, grace or 1, rf, epochs)
+        # aligned: the extra validation's passes counted for every trial that trains on after it
+        ALIGNED = extra_validation if rule_name == "aligned" else 0
+        try:
+            res = evaluate_rule(runs, rule, data["base"], epochs, seeds, n_images)
+        finally:
+            ALIGNED = 0
         out[label] = {**res, "rungs": rule.rungs(), "rule": rule_name, "grace": rule.grace, "rf": rf}
         rungs = rule.rungs() if rule_name != "second" else [r for r in grace if r < epochs]  # in epochs at full strength
         print(f"RATIO data={name} rule=\"{label}\" rungs={','.join(f'{r:g}' for r in rungs) or 'none'} spearman={res['spearman']:.3f} "
@@ -390,7 +439,8 @@ def main(argv=None) -> int:
     ap.add_argument("data", nargs="*", type=Path)
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--plot", type=Path)
-    ap.add_argument("--quick", action="store_true", help="record 3 tiny configurations (and their 1-epoch probes), replay every mode on 5 seeds")
+    ap.add_argument("--quick", action="store_true", help="record 3 tiny configurations (their 1-epoch probes and "
+                    "their figure 1 epoch at full strength in), replay every mode on 5 seeds")
     ap.add_argument("--tolerance", type=float, default=0.0,
                     help="replay ASHA with its cutoff lowered by this much (a trial within TOLERANCE of the cutoff "
                          "continues: a band against validation noise). A what-if of the replay, not a rule advtune "
@@ -402,6 +452,11 @@ def main(argv=None) -> int:
                     "lengths the recordings hold: pruning_record.py --probes) beside the default rule")
     ap.add_argument("--second-rung", action="store_true", help="replay the default's first rung with a second one "
                     "before the end of training (SECOND_RUNGS, SecondRungRule) beside the default rule")
+    ap.add_argument("--aligned", action="store_true",
+                    help="replay full_strength rules with each trial judged at its first rung itself (rf ALIGNED_RFS): a "
+                         "validation placed there mid-epoch (the figures pruning_record.py --rung-figures measured, its "
+                         "passes counted), not the first epoch end after it; with --grid, the grid's rules so. A "
+                         "what-if of the replay, not a rule advtune offers")
     ap.add_argument("--grid", action="store_true", help="replay the GRID of rules instead of the table's candidates "
                     "and print one GRID line per rule over all the data given")
     args = ap.parse_args(argv)
@@ -411,7 +466,8 @@ def main(argv=None) -> int:
         tmp = Path(tempfile.mkdtemp()) / "pruning-quick.json"
         record(["--quick", "--out", str(tmp)])
         record(["--probes", "1", "--out", str(tmp)])  # and one-epoch probes of them: the probe replay runs too
-        args.data, args.seeds, args.probes, args.second_rung = [tmp], 5, True, True
+        record(["--rung-figures", "1", "--out", str(tmp)])  # and one epoch at full strength in: --aligned too
+        args.data, args.seeds, args.probes, args.second_rung, args.aligned = [tmp], 5, True, True, True
     if not args.data:
         ap.error("give recorded curves (docs/data/pruning-*.json) or --quick")
     if args.tolerance:
@@ -422,6 +478,15 @@ def main(argv=None) -> int:
             None if not recorded else cutoff(self, recorded) - args.tolerance)
     global MIN_RUNG
     MIN_RUNG = args.min_rung
+    if args.aligned:
+        measured = set.intersection(*({g for r in json.loads(p.read_text())["runs"] for g in r.get("rung_figures", {})}
+                                      for p in args.data))
+        if not measured:
+            ap.error("the recordings hold no rung figures: record them first (pruning_record.py --rung-figures "
+                     "1.5,1.75,2,2.25 --out FILE)")
+        if args.grid:  # the grid's full_strength rules whose first rung has measured figures, judged there
+            GRID[:] = [(f"{label} at the rung", "aligned", g, rf) for label, rule, g, rf in GRID
+                       if rule == "full_strength" and f"{g:g}" in measured]
     if args.grid:
         import contextlib
         import io
@@ -442,6 +507,12 @@ def main(argv=None) -> int:
     if args.second_rung:
         for p in args.data:
             analyse(p, args.seeds, SECOND_RUNGS + [CANDIDATES[5]])
+        if not args.quick:
+            return 0
+    if args.aligned:
+        for p in args.data:
+            analyse(p, args.seeds, [(f"full_strength g{g} rf{rf} at the rung", "aligned", float(g), rf)
+                                    for g in sorted(measured, key=float) for rf in ALIGNED_RFS] + [CANDIDATES[5]])
         if not args.quick:
             return 0
     analyses = [analyse(p, args.seeds) for p in args.data]

@@ -17,11 +17,21 @@ study's final evaluation would. Two configurations train at once, one torch thre
         --out docs/data/pruning-fmnist-sfd.json                     # FGSM-RS, ~40 min on 2 cores
     .venv/bin/python bench/pruning_record.py --quick --out /tmp/p.json   # 3 configs, 2 epochs (~1 min)
     .venv/bin/python bench/pruning_record.py --probes 1,2,3 --out docs/data/pruning-digits-sfd.json
+    .venv/bin/python bench/pruning_record.py --rung-figures 1.5,1.75,2,2.25 --out docs/data/pruning-digits-sfd.json
 
 ``--probes B1,B2,...`` adds to an existing recording, for every recorded configuration, the learning curve of
 the same configuration trained for only ``B`` epochs (its schedule and epsilon ramp compressed to ``B`` epochs,
 as every schedule is a function of training progress): the figure a budget-compressed probe decides on
 (``ProbeRule`` in ``pruning_fidelity.py``, replayed only: not a rule advtune offers). Stored as ``runs[i]["probes"]["B"]``; no strong attack is run for them.
+
+``--rung-figures G1,G2,...`` adds, for every recorded configuration, the validation figure measured exactly ``G``
+epochs at full strength into its training (``full_strength_point·epochs + G``: a validation placed mid-epoch
+at the first batch end at or after it, not the first epoch end after it): what ASHA judges a study's trial on
+(``finetune.run``'s ``validate_at``; ``--aligned`` in ``pruning_fidelity.py``). The configuration is trained
+again, validated at every epoch end as recorded and at those points, and stopped after the last; evaluation draws its noise
+from its own seed and an epoch's batches do not depend on where it is split, so the trajectory is the
+recorded one (each ``rung_figures`` entry says whether the epoch ends before it reproduced the recorded
+figures: ``reproduced``). Stored as ``runs[i]["rung_figures"]["G"]``.
 
 The JSON is written after every configuration, and a run with the same ``--out`` skips the
 configurations already recorded (an interrupted recording keeps what it measured).
@@ -112,6 +122,84 @@ def run_one(cfg_dict: dict, final_images: int, final_attack: str | None) -> dict
             "train_seconds": round(train_s, 1), "strong": strong}
 
 
+def run_rungs(cfg_dict: dict, at: list[float]) -> dict:
+    """Train one configuration with extra validations at the (fractional) epochs ``at`` (``finetune.run``'s
+    ``validate_at``, as a study's trials validate at their rungs) and stop after the last (in a worker process).
+    Returns every validation's metrics."""
+    import torch
+
+    torch.set_num_threads(1)
+    from advtune.trainables import finetune
+    from advtune.trainables.config import TrialConfig
+
+    class Done(Exception):
+        pass
+
+    class Rep:
+        def __init__(self):
+            self.rows = []
+
+        def report(self, metrics, checkpoint_dir):
+            import shutil
+
+            self.rows.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+            if checkpoint_dir is not None:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            if metrics["epoch"] >= max(at) - 1e-6:
+                raise Done
+
+    rep = Rep()
+    try:
+        finetune.run(TrialConfig.from_dict(cfg_dict), rep, validate_at=at)
+    except Done:
+        pass
+    return {"rows": rep.rows}
+
+
+def record_rung_figures(out: Path, offsets: list[float], workers: int) -> int:
+    """Add figures measured exactly ``offsets`` epochs at full strength into training (``runs[i]["rung_figures"]``)
+    to the recording ``out``."""
+    import torch
+
+    torch.set_num_threads(1)
+    from advtune.study.pruning import full_strength_point
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.pretrain import ensure_pretrained
+
+    data = json.loads(out.read_text())
+    epochs = data["max_epochs"]
+    base = TrialConfig.from_dict(data["base"])
+    base = base.replace(pretrained=str(ensure_pretrained(base)))  # the recording's own starting point
+    todo = [r for r in data["runs"] if not all(f"{g:g}" in r.get("rung_figures", {}) for g in offsets)]
+    print(f"{len(todo)} configurations to measure at {offsets} epochs at full strength in {out}", flush=True)
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = {}
+        for r in todo:
+            start = full_strength_point({**data["base"], **r["params"]}) * epochs
+            at = [start + g for g in offsets if start + g < epochs]
+            if at:
+                futs[pool.submit(run_rungs, base.replace(**r["params"]).to_dict(), at)] = (r, start)
+        for fut in cf.as_completed(futs):
+            r, start = futs[fut]
+            rows = fut.result()["rows"]
+            ends = [row for row in rows if abs(row["epoch"] - round(row["epoch"])) < 1e-9]
+            reproduced = all(abs(row["robust_acc"] - r["history"][int(round(row["epoch"])) - 1]["robust_acc"]) < 1e-9
+                             for row in ends)
+            figs = r.setdefault("rung_figures", {})
+            for g in offsets:
+                hit = next((row for row in rows if row["epoch"] >= start + g - 1e-9), None)
+                if hit is not None:
+                    figs[f"{g:g}"] = {"epoch": hit["epoch"], "robust_acc": hit["robust_acc"],
+                                      "clean_acc": hit["clean_acc"], "grad_passes": hit["grad_passes"],
+                                      "reproduced": reproduced}
+            out.write_text(json.dumps(data, indent=1))
+            print(f"  config {r['index']}: " + ", ".join(f"{g}: {100 * v['robust_acc']:.1f}% at epoch {v['epoch']:.2f}"
+                                                     for g, v in figs.items())
+                  + f"; epoch ends reproduced: {reproduced} at {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
 def record_probes(out: Path, budgets: list[int], workers: int) -> int:
     """Add budget-compressed probe curves (``runs[i]["probes"][B]``) to the recording ``out``."""
     import torch
@@ -152,7 +240,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 configurations, 2 epochs, PGD-2: checks the script")
     ap.add_argument("--probes", help="comma-separated budgets in epochs: add budget-compressed probe curves of every "
                     "configuration already recorded in --out")
+    ap.add_argument("--rung-figures", help="comma-separated offsets in epochs at full strength: add the validation "
+                    "figure measured exactly there (mid-epoch) for every configuration already recorded in --out")
     args = ap.parse_args(argv)
+    if args.rung_figures:
+        return record_rung_figures(args.out, [float(g) for g in args.rung_figures.split(",")], args.workers)
     if args.probes:
         return record_probes(args.out, [int(b) for b in args.probes.split(",")], args.workers)
     import torch

@@ -94,6 +94,28 @@ def test_resume_mid_epoch_matches_uninterrupted_run(recorder, attack):
     assert_same_model(resumed.checkpoints[-1] / "last.pt", full.checkpoints[-1] / "last.pt")
 
 
+def test_validate_at_adds_a_validation_there_and_changes_nothing_else(three_epochs, recorder):
+    # what bench/pruning_record.py --rung-figures measures with: one more validation, with its checkpoint and
+    # report, at the first batch end at or after each point; training itself is untouched
+    cfg, full, _ = three_epochs
+    rep = recorder()
+    finetune.run(cfg, rep, validate_at=[1.3, 3.0, 7.0])  # 3.0 is an epoch end already; 7.0 lies past the end
+    n = math.ceil(DIGITS_N_TRAIN / cfg.batch_size)
+    epochs = [m["epoch"] for m in rep.metrics]
+    assert epochs[0] == 1 and epochs[2:] == [2, 3] and len(epochs) == 4
+    assert 1.3 <= epochs[1] < 1.3 + 1 / n  # never before the point, at most one batch after it
+    ends = [m for m in rep.metrics if m["epoch"] in (1, 2, 3)]
+    for got, want in zip(ends, full.metrics):  # the same training: epoch-end figures, passes and LR as without
+        assert {k: got[k] for k in ("clean_acc", "robust_acc", "grad_passes", "lr")} == \
+            {k: want[k] for k in ("clean_acc", "robust_acc", "grad_passes", "lr")}
+    assert_same_model(rep.checkpoints[-1] / "last.pt", full.checkpoints[-1] / "last.pt")
+    assert full.metrics[0]["grad_passes"] < rep.metrics[1]["grad_passes"] < full.metrics[1]["grad_passes"]
+    resumed = recorder()  # from the extra validation's checkpoint: it resumes mid-epoch like any other
+    finetune.run(cfg, resumed, resume_from=rep.checkpoints[1] / "last.pt", validate_at=[1.3])
+    assert [m["epoch"] for m in resumed.metrics] == [2, 3]
+    assert_same_metrics(resumed.metrics, rep.metrics[2:])
+
+
 def test_resume_with_another_config_is_refused(three_epochs, tmp_path):
     from advtune.trainables.checkpoints import CheckpointError
 

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -148,10 +148,22 @@ def _segments(n_batches: int, per_epoch: int) -> list[int]:
     return sorted({max(1, round(n_batches * (i + 1) / per_epoch)) for i in range(per_epoch)})
 
 
+def _extra_ends(n_batches: int, epoch: int, validate_at: Sequence[float]) -> set[int]:
+    """Batch indices (exclusive ends) in ``epoch`` (0-based) of the extra validations ``validate_at`` (in
+    epochs trained, fractional): the first batch end at or after each, never before it."""
+    return {min(n_batches, max(1, math.ceil((t - epoch) * n_batches - 1e-6)))
+            for t in validate_at if epoch < t <= epoch + 1}
+
+
 def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None = None,
-        progress: bool = False) -> dict[str, Any]:
+        progress: bool = False, validate_at: Sequence[float] = ()) -> dict[str, Any]:
     """Train ``config`` to the end (or until stopped), reporting to ``reporter``. Resumes from a
-    checkpoint folder or ``last.pt`` given as ``resume_from``. Returns a summary dict."""
+    checkpoint folder or ``last.pt`` given as ``resume_from``. Returns a summary dict.
+
+    ``validate_at``: extra validations (with their checkpoint and report), in epochs trained (fractional), on
+    top of ``evals_per_epoch``'s, each at the first batch end at or after its point; a result between epoch ends
+    reports its fractional ``epoch``. Studies do not use it: ``bench/pruning_record.py --rung-figures`` measures
+    with it what ASHA would see if each trial validated at its rung itself (docs/benchmarks.md, section 9)."""
     cfg = config
     prep = prepare(cfg, on_load=getattr(reporter, "on_load_report", None))  # print + store the load report
     device, model = prep.device, prep.model
@@ -215,7 +227,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
         while state["epoch"] < cfg.epochs and status == "running":
             epoch = state["epoch"]
             seg_start = state["batch"]
-            seg_end = next(e for e in seg_ends if e > seg_start)
+            seg_end = min(e for e in {*seg_ends, *_extra_ends(n_batches, epoch, validate_at)} if e > seg_start)
             t0 = time.perf_counter()
             model.train()
             for m in frozen:
@@ -253,6 +265,8 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             if hasattr(batches, "close"):
                 batches.close()
             state["batch"] = seg_end if status == "running" else b + 1
+            # a validation of validate_at between epoch ends reports its fractional epoch
+            fractional = cfg.evals_per_epoch > 1 or (seg_end not in seg_ends and state["batch"] == seg_end)
             if status == "running" and not math.isfinite(loss_sum.item()):
                 status, stop_reason = "diverged", f"training loss became {loss_sum.item()} in epoch {epoch + 1}"
             final = state["epoch"] + 1 >= cfg.epochs and state["batch"] >= n_batches
@@ -282,7 +296,7 @@ def run(config: TrialConfig, reporter: Reporter, resume_from: str | Path | None 
             if state["batch"] >= n_batches:
                 state["epoch"], state["batch"] = epoch + 1, 0
             metrics.update(
-                epoch=at if cfg.evals_per_epoch > 1 else int(round(at)),
+                epoch=at if fractional else int(round(at)),
                 lr=state["lr"], train_loss=(loss_sum / max(seen, 1)).item(), train_acc=correct.item() / max(seen, 1),
                 train_eps=eps, grad_passes=state["grad_passes"], guard_passes=state["guard_passes"],
                 epoch_seconds=time.perf_counter() - t0, lr_trace=list(lr_trace))
