@@ -224,6 +224,29 @@ def test_export_of_a_running_study_warns_on_stderr(tmp_path, capsys):
 
 
 # --- resume of a finished study --------------------------------------------------------------------------
+def test_resume_of_a_running_study_is_refused_and_touches_nothing(tmp_path, capsys):
+    # a second driver would run the study's trials twice (commands._refuse_running); refused before Ray starts
+    import sys
+
+    from advtune.study import liveness
+
+    d = write_study(tmp_path, num_samples=8)  # 8 asked, fewer ended: resumable
+    (d / "experiment_state-2026.json").write_text("{}")
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    ray_loaded = "ray" in sys.modules
+    liveness.driver_started(d)  # this process plays the running driver
+    try:
+        assert main(["resume", str(d)]) == 2
+    finally:
+        liveness.driver_ended(d)
+    out, err = capsys.readouterr()
+    assert "study s is running" in err and "on this machine" in err and "twice" in err
+    assert f"advtune status {d} --watch" in err and "resuming" not in out
+    assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before
+    if not ray_loaded:
+        assert "ray" not in sys.modules
+
+
 def test_resume_of_a_finished_study_says_complete_without_starting_ray(tmp_path, capsys):
     import sys
 
