@@ -111,7 +111,7 @@ class Run:
     history: list  # per-epoch metrics
     strong: float  # final strong figure of the unpruned run's best checkpoint
     probes: dict  # {epochs: per-epoch metrics of the configuration trained for only that many epochs}
-    rung_figures: dict = None  # {"G": the figure measured exactly G epochs at full strength in (pruning_record.py)}
+    rung_figures: dict | None = None  # {"G": the figure measured G epochs at full strength in (pruning_record.py)}
 
     def steps(self, rule) -> list[dict]:
         """The results the trial reports under ``rule``, in order, with cumulative grad passes. Under a
@@ -126,7 +126,6 @@ class Run:
                 "epoch_seconds": sum(h["epoch_seconds"] for h in probe)}
         return [head, *({**h, "epoch": rule.full_run_time(h["epoch"]), "grad_passes": h["grad_passes"] + spent}
                         for h in self.history)]
-
 
     def aligned(self, rule) -> list[dict]:
         """``--aligned``: the history with a validation at the rule's first rung itself (the figure
@@ -455,7 +454,7 @@ def main(argv=None) -> int:
     ap.add_argument("--aligned", action="store_true",
                     help="replay full_strength rules with each trial judged at its first rung itself (rf ALIGNED_RFS): a "
                          "validation placed there mid-epoch (the figures pruning_record.py --rung-figures measured, its "
-                         "passes counted), not the first epoch end after it; with --grid, the grid's rules so. A "
+                         "passes counted), not the first epoch end after it; with --grid, the grid's full_strength rules so judged. A "
                          "what-if of the replay, not a rule advtune offers")
     ap.add_argument("--grid", action="store_true", help="replay the GRID of rules instead of the table's candidates "
                     "and print one GRID line per rule over all the data given")
