@@ -9,7 +9,8 @@ Optuna study kept where a driver on another machine can restore it, and records 
 - The records (``study.records``) are pushed at every trial's end, every ``SYNC_PERIOD_S`` seconds of
   results, and at the study's end. A driver killed between two pushes loses at most those seconds of
   metrics lines — never an epoch: every checkpoint in the bucket carries its trial's history
-  (``trainables.cloud_adapter``), and :func:`complete_records` puts back the lines a push did not carry.
+  (``trainables.cloud_adapter``), and :func:`complete_records` puts back the lines a push did not carry (for a
+  trial whose records never reached the bucket, the callback does when Tune restarts it: :func:`complete_trial`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .records import FINAL_STATES, StudyRecords
 from .storage import Remote
 from .tune_backend import StudyCallback
 
-__all__ = ["CloudStudyCallback", "DriverHeartbeat", "optuna_storage", "export_optuna", "drop_never_started", "complete_records",
+__all__ = ["CloudStudyCallback", "DriverHeartbeat", "optuna_storage", "export_optuna", "drop_never_started", "complete_records", "complete_trial",
            "best_checkpoint_uri"]
 
 
@@ -118,6 +119,14 @@ class CloudStudyCallback(StudyCallback):
             export_optuna(self.searcher, Path(self.records.study_dir) / "optuna.db")
         self.remote.push(force=force)
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        super().on_trial_start(iteration, trials, trial, **info)
+        if self.remote is not None and not self.records.load_trial(trial.trial_id).metrics:
+            # Tune restarting a trial whose records never reached the bucket (a driver killed within
+            # SYNC_PERIOD_S of its start: resume's complete_records had no folder of it to complete): the trial
+            # resumes after its newest checkpoint, so that checkpoint's epochs go into its records first
+            complete_trial(self.remote, self.records, trial.trial_id)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         super().on_trial_result(iteration, trials, trial, result, **info)
         self._push(False, force=False)
@@ -198,17 +207,20 @@ def complete_records(remote: Remote, records: StudyRecords) -> int:
     """Add to each unfinished trial's ``metrics.jsonl`` (and TensorBoard) the epochs its newest complete
     checkpoint in the bucket holds but the records do not (the driver was killed before pushing them).
     Returns the number of lines added."""
-    from advtune.trainables.cloud_adapter import HISTORY
-
-    added = 0
-    for rec in records.load():
-        if rec.state in FINAL_STATES:
-            continue
-        newest = _trial_checkpoint(remote, rec.trial_id)
-        if newest is None:
-            continue
-        with remote.fs.open_input_stream(f"{newest[2]}/{HISTORY}") as f:
-            history: list[dict[str, Any]] = [json.loads(ln) for ln in f.read().decode().splitlines() if ln.strip()]
-        added += records.complete(rec.trial_id, history)
+    added = sum(complete_trial(remote, records, rec.trial_id) for rec in records.load()
+                if rec.state not in FINAL_STATES)
     records.close()
     return added
+
+
+def complete_trial(remote: Remote, records: StudyRecords, trial_id: str) -> int:
+    """Add to ``trial_id``'s records the epochs its newest complete checkpoint in the bucket holds but they do
+    not; the number of lines added (0: no checkpoint)."""
+    from advtune.trainables.cloud_adapter import HISTORY
+
+    newest = _trial_checkpoint(remote, trial_id)
+    if newest is None:
+        return 0
+    with remote.fs.open_input_stream(f"{newest[2]}/{HISTORY}") as f:
+        history: list[dict[str, Any]] = [json.loads(ln) for ln in f.read().decode().splitlines() if ln.strip()]
+    return records.complete(trial_id, history)

@@ -197,6 +197,37 @@ def test_status_export_and_report_from_the_uri_alone(study, tmp_path):
     assert payload["metrics"]["robust_acc"] == pytest.approx(best["metrics"]["robust_acc"])
 
 
+def test_a_restarted_trial_whose_records_never_reached_the_bucket_gets_its_epochs_back(s3_server, tmp_path):
+    """A driver killed within seconds of a trial's start can leave the trial's epochs in its bucket checkpoint but
+    nothing in the bucket's records (they are pushed every SYNC_PERIOD_S): the resumed driver's staging folder has
+    no folder for the trial, so complete_records passes it by, and Tune restarts it from its checkpoint, which
+    reports only the epochs after it (CI saw a trial recorded as [3] of 3 epochs). When Tune starts such a trial
+    the cloud callback puts back the epochs its newest complete checkpoint holds."""
+    from types import SimpleNamespace
+
+    from advtune.study.cloud_study import CloudStudyCallback
+    from advtune.trainables.cloud_adapter import _seal, store
+
+    uri = f"{URI}/restarted"
+    fs, root = pafs.FileSystem.from_uri(uri)
+    local = tmp_path / "ckpt"
+    local.mkdir()
+    (local / "last.pt").write_bytes(b"l" * 10)
+    history = [{"epoch": e, "robust_acc": 0.1 * e, "clean_acc": 0.5, "status": "running"} for e in (1, 2)]
+    _seal(str(local), 2, history)
+    store(fs, str(local), f"{root}/trial_fn_ab12cd34_00002_2_peak_lr=0.1/checkpoint_000001")
+    staging = tmp_path / "staging"
+    callback = CloudStudyCallback(str(staging), 3, uri, None)
+    callback.on_trial_start(0, [], SimpleNamespace(trial_id="ab12cd34", config={"peak_lr": 0.1}))
+    callback.on_trial_start(0, [], SimpleNamespace(trial_id="ef56ab78", config={"peak_lr": 0.2}))  # a new trial
+    records = StudyRecords(staging, tensorboard=False)
+    assert [m["epoch"] for m in records.load_trial("ab12cd34").metrics] == [1, 2]
+    assert records.load_trial("ef56ab78").metrics == []
+    callback.on_trial_result(0, [], SimpleNamespace(trial_id="ab12cd34", config={"peak_lr": 0.1}),
+                             {**history[-1], "epoch": 3, "status": "completed"})
+    assert [m["epoch"] for m in records.load_trial("ab12cd34").metrics] == [1, 2, 3]
+
+
 def test_resume_point_is_the_newest_complete_checkpoint_whatever_ray_names(s3_server):
     """Ray's snapshot can name an older checkpoint than the bucket holds, and a lost node can leave an upload
     half done: the trial resumes from the complete checkpoint of the highest epoch, and only that one keeps
