@@ -121,10 +121,11 @@ class CloudStudyCallback(StudyCallback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         super().on_trial_start(iteration, trials, trial, **info)
-        if self.remote is not None and not self.records.load_trial(trial.trial_id).metrics:
-            # Tune restarting a trial whose records never reached the bucket (a driver killed within
-            # SYNC_PERIOD_S of its start: resume's complete_records had no folder of it to complete): the trial
-            # resumes after its newest checkpoint, so that checkpoint's epochs go into its records first
+        if self.remote is not None:
+            # A trial (re)starts after its newest complete checkpoint, so that checkpoint's epochs go into its
+            # records first: resume's complete_records had no folder to complete for a trial whose records never
+            # reached the bucket (a driver killed within SYNC_PERIOD_S of its start), and a killed driver's trial
+            # can finish an upload after complete_records looked. Adds nothing to a new trial or a complete record.
             complete_trial(self.remote, self.records, trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

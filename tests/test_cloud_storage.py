@@ -201,8 +201,8 @@ def test_a_restarted_trial_whose_records_never_reached_the_bucket_gets_its_epoch
     """A driver killed within seconds of a trial's start can leave the trial's epochs in its bucket checkpoint but
     nothing in the bucket's records (they are pushed every SYNC_PERIOD_S): the resumed driver's staging folder has
     no folder for the trial, so complete_records passes it by, and Tune restarts it from its checkpoint, which
-    reports only the epochs after it (CI saw a trial recorded as [3] of 3 epochs). When Tune starts such a trial
-    the cloud callback puts back the epochs its newest complete checkpoint holds."""
+    reports only the epochs after it (CI saw a trial recorded as [3] of 3 epochs). When Tune starts a trial the
+    cloud callback puts back the epochs its newest complete checkpoint holds and its records lack."""
     from types import SimpleNamespace
 
     from advtune.study.cloud_study import CloudStudyCallback
@@ -226,6 +226,15 @@ def test_a_restarted_trial_whose_records_never_reached_the_bucket_gets_its_epoch
     callback.on_trial_result(0, [], SimpleNamespace(trial_id="ab12cd34", config={"peak_lr": 0.1}),
                              {**history[-1], "epoch": 3, "status": "completed"})
     assert [m["epoch"] for m in records.load_trial("ab12cd34").metrics] == [1, 2, 3]
+    # a trial whose records lag its checkpoint (an upload the killed driver's trial finished after resume's
+    # complete_records looked): the missing epochs come back when Tune starts it, and nothing doubles
+    behind = SimpleNamespace(trial_id="cd34ef56", config={"peak_lr": 0.3})
+    callback.on_trial_start(0, [], behind)
+    callback.on_trial_result(0, [], behind, history[0])
+    store(fs, str(local), f"{root}/trial_fn_cd34ef56_00003_3_peak_lr=0.3/checkpoint_000001")
+    callback.on_trial_start(0, [], behind)
+    callback.on_trial_start(0, [], behind)
+    assert [m["epoch"] for m in records.load_trial("cd34ef56").metrics] == [1, 2]
 
 
 def test_resume_point_is_the_newest_complete_checkpoint_whatever_ray_names(s3_server):
