@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from .records import FINAL_STATES, StudyRecords
 from .storage import Remote
 from .tune_backend import StudyCallback
 
-__all__ = ["CloudStudyCallback", "DriverHeartbeat", "optuna_storage", "export_optuna", "drop_never_started", "complete_records", "complete_trial",
-           "best_checkpoint_uri"]
+__all__ = ["CloudStudyCallback", "DriverHeartbeat", "optuna_storage", "export_optuna", "drop_never_started",
+           "complete_records", "complete_trial", "best_checkpoint_uri"]
 
 
 def optuna_storage(spec):
@@ -126,7 +127,11 @@ class CloudStudyCallback(StudyCallback):
             # records first: resume's complete_records had no folder to complete for a trial whose records never
             # reached the bucket (a driver killed within SYNC_PERIOD_S of its start), and a killed driver's trial
             # can finish an upload after complete_records looked. Adds nothing to a new trial or a complete record.
-            complete_trial(self.remote, self.records, trial.trial_id)
+            try:
+                complete_trial(self.remote, self.records, trial.trial_id)
+            except OSError as exc:  # the bucket unreachable for a moment: the study goes on, the record may lag
+                print(f"warning: could not read trial {trial.trial_id}'s checkpoint history from {self.remote.uri} "
+                      f"({exc}); its records may miss epochs trained before a resume", file=sys.stderr, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         super().on_trial_result(iteration, trials, trial, result, **info)

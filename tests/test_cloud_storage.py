@@ -197,7 +197,7 @@ def test_status_export_and_report_from_the_uri_alone(study, tmp_path):
     assert payload["metrics"]["robust_acc"] == pytest.approx(best["metrics"]["robust_acc"])
 
 
-def test_a_restarted_trial_whose_records_never_reached_the_bucket_gets_its_epochs_back(s3_server, tmp_path):
+def test_a_restarted_trial_whose_records_never_reached_the_bucket_gets_its_epochs_back(s3_server, tmp_path, capsys):
     """A driver killed within seconds of a trial's start can leave the trial's epochs in its bucket checkpoint but
     nothing in the bucket's records (they are pushed every SYNC_PERIOD_S): the resumed driver's staging folder has
     no folder for the trial, so complete_records passes it by, and Tune restarts it from its checkpoint, which
@@ -235,6 +235,11 @@ def test_a_restarted_trial_whose_records_never_reached_the_bucket_gets_its_epoch
     callback.on_trial_start(0, [], behind)
     callback.on_trial_start(0, [], behind)
     assert [m["epoch"] for m in records.load_trial("cd34ef56").metrics] == [1, 2]
+    # a bucket that refuses for a moment does not stop the study: a warning, and the trial starts
+    refused = CloudStudyCallback(str(tmp_path / "refused"), 3,
+                                 f"s3://advtune/studies?endpoint_override={s3_server['denied']}&scheme=http", None)
+    refused.on_trial_start(0, [], SimpleNamespace(trial_id="ab12cd34", config={"peak_lr": 0.1}))
+    assert "warning: could not read trial ab12cd34's checkpoint history" in capsys.readouterr().err
 
 
 def test_resume_point_is_the_newest_complete_checkpoint_whatever_ray_names(s3_server):
