@@ -83,11 +83,16 @@ def sample_configs(space_name: str, base, n: int, seed: int) -> list[dict]:
     return out
 
 
-class _Collect:
-    """A reporter that keeps every epoch's metrics and the newest best.pt."""
+class _Stop(Exception):
+    """Raised by a :class:`_Collect` reporter once its run has reported what was asked."""
 
-    def __init__(self, out: Path) -> None:
-        self.out, self.history = out, []
+
+class _Collect:
+    """A reporter that keeps every validation's metrics and (with ``out``) the newest best.pt; with ``stop_at``
+    it ends the run after the first validation at or after that epoch (:class:`_Stop`)."""
+
+    def __init__(self, out: Path | None, stop_at: float | None = None) -> None:
+        self.out, self.stop_at, self.history = out, stop_at, []
 
     def report(self, metrics, checkpoint_dir) -> None:
         import shutil
@@ -95,9 +100,21 @@ class _Collect:
         self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
         if checkpoint_dir is not None:
             best = Path(checkpoint_dir) / "best.pt"
-            if best.exists():
+            if self.out is not None and best.exists():
                 os.replace(best, self.out / "best.pt")
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if self.stop_at is not None and metrics["epoch"] >= self.stop_at - 1e-6:
+            raise _Stop
+
+
+def _recording(out: Path) -> tuple[dict, object]:
+    """A recording's data and its base config, with the recording's own starting point (pretrained once)."""
+    from advtune.trainables.config import TrialConfig
+    from advtune.trainables.pretrain import ensure_pretrained
+
+    data = json.loads(out.read_text())
+    base = TrialConfig.from_dict(data["base"])
+    return data, base.replace(pretrained=str(ensure_pretrained(base)))
 
 
 def run_one(cfg_dict: dict, final_images: int, final_attack: str | None) -> dict:
@@ -124,36 +141,19 @@ def run_one(cfg_dict: dict, final_images: int, final_attack: str | None) -> dict
 
 def run_rungs(cfg_dict: dict, at: list[float]) -> dict:
     """Train one configuration with extra validations at the (fractional) epochs ``at`` (``finetune.run``'s
-    ``validate_at``, as a study's trials validate at their rungs) and stop after the last (in a worker process).
-    Returns every validation's metrics."""
+    ``validate_at``) and stop after the last (in a worker process). Returns every validation's metrics."""
     import torch
 
     torch.set_num_threads(1)
     from advtune.trainables import finetune
     from advtune.trainables.config import TrialConfig
 
-    class Done(Exception):
-        pass
-
-    class Rep:
-        def __init__(self):
-            self.rows = []
-
-        def report(self, metrics, checkpoint_dir):
-            import shutil
-
-            self.rows.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
-            if checkpoint_dir is not None:
-                shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            if metrics["epoch"] >= max(at) - 1e-6:
-                raise Done
-
-    rep = Rep()
+    rep = _Collect(None, stop_at=max(at))
     try:
         finetune.run(TrialConfig.from_dict(cfg_dict), rep, validate_at=at)
-    except Done:
+    except _Stop:
         pass
-    return {"rows": rep.rows}
+    return {"rows": rep.history}
 
 
 def record_rung_figures(out: Path, offsets: list[float], workers: int) -> int:
@@ -163,13 +163,9 @@ def record_rung_figures(out: Path, offsets: list[float], workers: int) -> int:
 
     torch.set_num_threads(1)
     from advtune.study.pruning import full_strength_point
-    from advtune.trainables.config import TrialConfig
-    from advtune.trainables.pretrain import ensure_pretrained
 
-    data = json.loads(out.read_text())
+    data, base = _recording(out)
     epochs = data["max_epochs"]
-    base = TrialConfig.from_dict(data["base"])
-    base = base.replace(pretrained=str(ensure_pretrained(base)))  # the recording's own starting point
     todo = [r for r in data["runs"] if not all(f"{g:g}" in r.get("rung_figures", {}) for g in offsets)]
     print(f"{len(todo)} configurations to measure at {offsets} epochs at full strength in {out}", flush=True)
     t0 = time.perf_counter()
@@ -205,12 +201,7 @@ def record_probes(out: Path, budgets: list[int], workers: int) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from advtune.trainables.config import TrialConfig
-    from advtune.trainables.pretrain import ensure_pretrained
-
-    data = json.loads(out.read_text())
-    base = TrialConfig.from_dict(data["base"])
-    base = base.replace(pretrained=str(ensure_pretrained(base)))  # the recording's own starting point
+    data, base = _recording(out)
     todo = [(r, b) for b in budgets for r in data["runs"] if str(b) not in r.get("probes", {})]
     print(f"{len(todo)} probes to record in {out}", flush=True)
     t0 = time.perf_counter()
