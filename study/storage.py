@@ -156,10 +156,9 @@ class Remote:
             if not path.is_file() or path.name.endswith((".tmp", ".lock")) or path.name.startswith("."):
                 continue
             rel = path.relative_to(self.local).as_posix()
-            if rel == DRIVER_FILE:  # study.liveness's record: the driver's heartbeat writes the bucket's copy itself (study.cloud_study)
+            if rel == DRIVER_FILE:  # study.liveness's record: the driver's heartbeat writes the bucket's copy itself
                 continue
-            st = path.stat()
-            key = (st.st_size, st.st_mtime_ns)
+            key = _stamp(path)
             if self._sent.get(rel) == key:
                 continue
             with open(path, "rb") as src, self.fs.open_output_stream(self.remote_path(rel)) as dst:
@@ -172,8 +171,7 @@ class Remote:
         """Take the staging folder as in the bucket already: a push then uploads only what changes after."""
         for path in self.local.rglob("*"):
             if path.is_file():
-                st = path.stat()
-                self._sent[path.relative_to(self.local).as_posix()] = (st.st_size, st.st_mtime_ns)
+                self._sent[path.relative_to(self.local).as_posix()] = _stamp(path)
 
     def pull(self) -> None:
         """Replace the staging folder by the study's records in the bucket (not Ray's state, not checkpoints)."""
@@ -198,6 +196,12 @@ class Remote:
 
 
 _RECORD_DIRS = ("trials", "tensorboard", "export", "report")
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """What tells a pushed file from a changed one: its size and modification time."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def open_study(location: str) -> tuple[Path, Remote | None]:
