@@ -13,6 +13,9 @@ the order the events happen and stops trials as it would in a study. Per rule it
 - ``spearman`` / ``kendall``: rank agreement, over all recorded configurations, between the figure
   the rule decides on at its first rung (robust validation accuracy, PGD-k, at the trial's first rung
   time) and the final strong figure (APGD-CE + APGD-T on the best checkpoint of the unpruned run);
+- ``spearman_rungs``: the same at each of the rule's rungs (a rule with two cuts decides at both: its first,
+  lenient cut drops the bottom half, the second keeps a third of the rest; the fidelity target is asked of the
+  deciding rung, the one that keeps the fewest);
 - ``best_survives``: share of seeds in which the configuration with the best final strong figure is
   not stopped;
 - ``regret``: mean over seeds of (best final strong figure of all configurations) minus (best final
@@ -23,6 +26,7 @@ the order the events happen and stops trials as it would in a study. Per rule it
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-digits-sfd.json [more.json] --seeds 200
     .venv/bin/python bench/pruning_fidelity.py --quick      # records 3 tiny configurations first (~1 min)
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40   # 72 rules (~2 min)
+    .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --cuts --seeds 200  # 48 two-cut rules (~2 min)
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40 --tolerance 0.01
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --grid --seeds 40 --min-rung 12
     .venv/bin/python bench/pruning_fidelity.py docs/data/pruning-*.json --probes --seeds 200
@@ -67,13 +71,19 @@ CANDIDATES = [
     ("full_strength g1 rf2", "full_strength", 1, 2),
     ("full_strength g1 rf3", "full_strength", 1, 3),
     ("full_strength g1.25 rf4", "full_strength", 1.25, 4),
-    ("full_strength g1.75 rf4 (default)", "full_strength", 1.75, 4),
+    ("full_strength g1.75 rf4 (previous default)", "full_strength", 1.75, 4),
     ("full_strength g1.5 rf2", "full_strength", 1.5, 2),
     ("full_strength g2 rf3", "full_strength", 2, 3),
     ("decay_progress g1 rf3", "decay_progress", 1, 3),
     ("decay_progress g2 rf2", "decay_progress", 2, 2),
+    ("full_strength 0.75 keep 1/2, 1.75 keep 1/3 (default)", "cuts", ((0.75, 1 / 2), (1.75, 1 / 3)), None),
 ]
-OLD, NEW = CANDIDATES[0][0], CANDIDATES[5][0]
+OLD, NEW = CANDIDATES[0][0], CANDIDATES[-1][0]
+PREVIOUS = CANDIDATES[5]  # the single cut at 1.75, rf 4: the default before the two cuts, what the what-ifs were measured against
+# --cuts: two cuts at consecutive validations (first rung g, then g + 1 epochs at full strength), the share each keeps
+# (the neighbourhood of the default: benchmarks §9)
+CUTS = [(f"full_strength {g:g} keep {k1:.2f}, {g + 1:g} keep {k2:.2f}", "cuts", ((g, k1), (g + 1, k2)), None)
+        for g in (0.5, 0.75, 1, 1.25) for k1 in (0.4, 0.5, 0.6) for k2 in (0.25, 0.3, 1 / 3, 0.375)]
 # the probe rule, for recordings with probe curves (pruning_record.py --probes): probe length x reduction factor
 PROBES = [(f"probe {b} rf{rf}", "probe", b, rf) for b in (1, 2, 3) for rf in (3, 4, 5, 6)]
 # --second-rung: the default's first rung (1.75 epochs at full strength) and a second at 3.5 to 4.5, rf 3 and 4
@@ -83,22 +93,23 @@ SECOND_RUNGS = [(f"full_strength g1.75 then {g2:g} rf{rf}", "second", (1.75, g2)
 # hold figures of (pruning_record.py --rung-figures), reduction factors 4 and 5
 ALIGNED_RFS = (4, 5)
 # --grid: both clocks, first rung 0.5-2.5 epochs, reduction factor 2-5 (the search for a rule within the compute
-# target, benchmarks §9); TARGETS: the fidelity targets of the pruning issue, on every problem
+# target, benchmarks §9); TARGETS: the fidelity targets of the pruning issue, on every problem (Spearman at the deciding
+# rung: the one that keeps the fewest, for ASHA's geometric rungs the first)
 GRID = [(f"{rule} g{g:g} rf{rf}", rule, g, rf) for rule in ("full_strength", "decay_progress")
         for g in (0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.25, 2.5) for rf in (2, 3, 4, 5)]
 TARGETS = {"spearman": 0.85, "best_survives": 0.9, "regret_pts": 1.0, "compute": 0.6}
 
 
-def grid_summary(analyses: list[dict]) -> None:
+def grid_summary(analyses: list[dict], grid: list) -> None:
     """One GRID line per rule: its figures on every problem, and whether it meets the fidelity targets on all
     of them and the compute target on all of them."""
-    for label, *_ in GRID:
+    for label, *_ in grid:
         res = [a["results"][label] for a in analyses]
-        fidelity = all(r["spearman"] >= TARGETS["spearman"] and r["best_survives"] >= TARGETS["best_survives"]
+        fidelity = all(r["spearman_deciding"] >= TARGETS["spearman"] and r["best_survives"] >= TARGETS["best_survives"]
                        and r["regret_pts"] <= TARGETS["regret_pts"] for r in res)
         cheap = all(r["compute"] <= TARGETS["compute"] for r in res)
         cells = " ".join(f"{k}={'/'.join(f'{r[k]:.2f}' for r in res)}"
-                         for k in ("spearman", "best_survives", "regret_pts", "compute"))
+                         for k in ("spearman", "spearman_deciding", "best_survives", "regret_pts", "compute"))
         print(f"GRID rule=\"{label}\" fidelity_targets={'met' if fidelity else 'missed'} "
               f"compute_target={'met' if cheap else 'missed'} {cells}", flush=True)
 
@@ -242,13 +253,20 @@ def load(path: Path) -> tuple[dict, list[Run]]:
     return data, runs
 
 
-def first_rung_value(run: Run, rule) -> float:
-    """The figure ASHA compares at the rule's first rung for this trial (its last if it never gets there)."""
-    first = rule.rungs()[0] if rule.rungs() else rule.max_t
+def rung_value(run: Run, rule, k: int = 0) -> float:
+    """The figure ASHA compares at the rule's ``k``-th rung for this trial (its last if it never gets there)."""
+    rungs = rule.rungs()
+    rung = rungs[k] if k < len(rungs) else rule.max_t
     for h in run.steps(rule):
-        if rule.time(h["epoch"], run.point) >= first:
+        if rule.time(h["epoch"], run.point) >= rung:
             return h["robust_acc"]
     return run.history[-1]["robust_acc"]
+
+
+def deciding_rung(rule) -> int:
+    """The rung that keeps the fewest (a rule with cuts: its strictest; ASHA's geometric rungs: the first)."""
+    keeps = rule.keeps() if hasattr(rule, "keeps") else []
+    return min(range(len(keeps)), key=lambda i: (keeps[i], i)) if keeps else 0
 
 
 MIN_RUNG = 0  # --min-rung (a what-if of the replay)
@@ -347,8 +365,10 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
 def evaluate_rule(runs: list[Run], rule, base: dict, epochs: int, seeds: int, n_images: int) -> dict:
     from scipy.stats import kendalltau, spearmanr
 
-    decide = [first_rung_value(r, rule) for r in runs]
+    decide = [rung_value(r, rule) for r in runs]
     strong = [r.strong for r in runs]
+    per_rung = [spearmanr([rung_value(r, rule, k) for r in runs], strong).statistic
+                for k in range(max(1, len(rule.rungs())))]
     best = max(runs, key=lambda r: r.strong)
     full_cost = sum(r.history[-1]["grad_passes"] for r in runs)  # every configuration run once, unpruned
     spent_after = {r.idx: [h["grad_passes"] for h in r.steps(rule)] for r in runs}  # passes after each result
@@ -360,6 +380,8 @@ def evaluate_rule(runs: list[Run], rule, base: dict, epochs: int, seeds: int, n_
         regrets.append(best.strong - max(r.strong for r in finished))
         costs.append(sum(spent_after[r.idx][ran[r.idx][0] - 1] for r in runs) / full_cost)
     return {"spearman": spearmanr(decide, strong).statistic, "kendall": kendalltau(decide, strong).statistic,
+            "spearman_rungs": per_rung, "spearman_deciding": per_rung[min(deciding_rung(rule), len(per_rung) - 1)],
+            "deciding": [rung_value(r, rule, deciding_rung(rule)) for r in runs],
             "best_survives": survives / seeds, "regret_pts": 100 * statistics.mean(regrets),
             "regret_images": n_images * statistics.mean(regrets), "worst_regret_pts": 100 * max(regrets),
             "compute": statistics.mean(costs), "decide": decide}
@@ -387,6 +409,8 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
             rule = ProbeRule(grace, rf, epochs)
         elif rule_name == "second":
             rule = SecondRungRule(*grace, rf, epochs)
+        elif rule_name == "cuts":  # grace: the cuts ((epochs at full strength, share kept), ...)
+            rule = make_rule("full_strength", old_grace, grace[0][0], 2, epochs, grace)
         else:
             rule = make_rule("full_strength" if rule_name == "aligned" else rule_name, old_grace, grace or 1, rf, epochs)
         # aligned: the extra validation's passes counted for every trial that trains on after it
@@ -395,12 +419,13 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
             res = evaluate_rule(runs, rule, data["base"], epochs, seeds, n_images)
         finally:
             ALIGNED = 0
-        out[label] = {**res, "rungs": rule.rungs(), "rule": rule_name, "grace": rule.grace, "rf": rf}
-        rungs = rule.rungs() if rule_name != "second" else [r for r in grace if r < epochs]  # in epochs at full strength
+        out[label] = {**res, "rungs": rule.rungs(), "rule": rule_name, "grace": rule.grace, "rf": rf, "rule_obj": rule}
+        rungs = [r for r in grace if r < epochs] if rule_name == "second" else rule.rungs()  # epochs at full strength
         print(f"RATIO data={name} rule=\"{label}\" rungs={','.join(f'{r:g}' for r in rungs) or 'none'} spearman={res['spearman']:.3f} "
               f"kendall={res['kendall']:.3f} best_survives={res['best_survives']:.2f} "
               f"regret_pts={res['regret_pts']:.2f} regret_images={res['regret_images']:.1f} "
-              f"worst_regret_pts={res['worst_regret_pts']:.2f} compute={res['compute']:.2f}", flush=True)
+              f"worst_regret_pts={res['worst_regret_pts']:.2f} compute={res['compute']:.3f} "
+              f"spearman_rungs={','.join(f'{v:.3f}' for v in res['spearman_rungs'])}", flush=True)
     best = max(runs, key=lambda r: r.strong)
     print(f"  {name}: {len(runs)} configurations, {epochs} epochs, strong figure on {n_images} images; best "
           f"final strong {100 * best.strong:.1f}% ({best.params}); final strong vs final selection figure: "
@@ -420,11 +445,12 @@ def plot(analyses: list[dict], out: Path) -> None:
             ax = axes[2 * k + j]
             res = a["results"][label]
             ramp = [r.point for r in a["runs"]]
-            sc = ax.scatter([100 * v for v in res["decide"]], [100 * r.strong for r in a["runs"]], c=ramp,
+            sc = ax.scatter([100 * v for v in res["deciding"]], [100 * r.strong for r in a["runs"]], c=ramp,
                             cmap="viridis", vmin=0, vmax=0.5)
-            ax.set_xlabel("robust val acc at the first rung (PGD, %)")
+            ax.set_xlabel(f"robust val acc at the deciding rung, {res['rungs'][deciding_rung(res['rule_obj'])]:g} "
+                          f"{'epochs' if res['rule'] == 'epoch' else 'epochs at full strength'} (PGD, %)")
             ax.set_ylabel("final strong figure (APGD-CE+T, %)")
-            ax.set_title(f"{a['name']}: {label}\nSpearman {res['spearman']:.2f}, best survives "
+            ax.set_title(f"{a['name']}: {label}\nSpearman {res['spearman_deciding']:.2f}, best survives "
                          f"{100 * res['best_survives']:.0f}%, compute {100 * res['compute']:.0f}%", fontsize=9)
             fig.colorbar(sc, ax=ax, label="full-strength point (fraction of training)")
     fig.tight_layout()
@@ -456,6 +482,9 @@ def main(argv=None) -> int:
                          "validation placed there mid-epoch (the figures pruning_record.py --rung-figures measured, its "
                          "passes counted), not the first epoch end after it; with --grid, the grid's full_strength rules so judged. A "
                          "what-if of the replay, not a rule advtune offers")
+    ap.add_argument("--cuts", action="store_true", help="replay two cuts at consecutive validations (CUTS: the "
+                    "default's neighbourhood, first rung 0.5-1.25 epochs at full strength, shares kept 0.4-0.6 then "
+                    "0.25-0.375) and print one GRID line per rule over all the data given")
     ap.add_argument("--grid", action="store_true", help="replay the GRID of rules instead of the table's candidates "
                     "and print one GRID line per rule over all the data given")
     args = ap.parse_args(argv)
@@ -492,7 +521,15 @@ def main(argv=None) -> int:
 
         with contextlib.redirect_stdout(io.StringIO()):  # the per-rule RATIO lines: GRID lines say it shorter
             analyses = [analyse(p, args.seeds, GRID) for p in args.data]
-        grid_summary(analyses)
+        grid_summary(analyses, GRID)
+        return 0
+    if args.cuts:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            analyses = [analyse(p, args.seeds, CUTS) for p in args.data]
+        grid_summary(analyses, CUTS)
         return 0
     if args.probes:
         for p in args.data:
@@ -500,18 +537,18 @@ def main(argv=None) -> int:
             have = [b for b in (1, 2, 3) if all(str(b) in r.get("probes", {}) for r in data["runs"])]
             if not have:
                 ap.error(f"{p} holds no probe curves: record them first (pruning_record.py --probes 1,2,3 --out {p})")
-            analyse(p, args.seeds, [c for c in PROBES if c[2] in have] + [CANDIDATES[5]])
+            analyse(p, args.seeds, [c for c in PROBES if c[2] in have] + [PREVIOUS, CANDIDATES[-1]])
         if not args.quick:
             return 0
     if args.second_rung:
         for p in args.data:
-            analyse(p, args.seeds, SECOND_RUNGS + [CANDIDATES[5]])
+            analyse(p, args.seeds, SECOND_RUNGS + [PREVIOUS, CANDIDATES[-1]])
         if not args.quick:
             return 0
     if args.aligned:
         for p in args.data:
             analyse(p, args.seeds, [(f"full_strength g{g} rf{rf} at the rung", "aligned", float(g), rf)
-                                    for g in sorted(measured, key=float) for rf in ALIGNED_RFS] + [CANDIDATES[5]])
+                                    for g in sorted(measured, key=float) for rf in ALIGNED_RFS] + [PREVIOUS, CANDIDATES[-1]])
         if not args.quick:
             return 0
     analyses = [analyse(p, args.seeds) for p in args.data]

@@ -61,8 +61,9 @@ PROMISES = {
     ],
     "pruning_fidelity.py": [
         rf'^RATIO data=\S+ rule="{label}" rungs=\S+ spearman={NUM} kendall={NUM} best_survives={NUM} regret_pts={NUM} '
-        rf"regret_images={NUM} worst_regret_pts={NUM} compute={NUM}"
-        for label in (r"epoch \(old default\)", r"full_strength g1.75 rf4 \(default\)", r"probe 1 rf4",
+        rf"regret_images={NUM} worst_regret_pts={NUM} compute={NUM} spearman_rungs=\S+"
+        for label in (r"epoch \(old default\)", r"full_strength g1.75 rf4 \(previous default\)",
+                      r"full_strength 0.75 keep 1/2, 1.75 keep 1/3 \(default\)", r"probe 1 rf4",
                       r"full_strength g1.75 then 3.5 rf3", r"full_strength g1 rf4 at the rung")],
     "worker_memory.py": [rf"^RATIO release={r} first_peak_mb={NUM} last_peak_mb={NUM} growth_mb={NUM}" for r in ("off", "on")],
 }

@@ -12,6 +12,14 @@ than one without, and reads weaker for that reason alone (short-horizon bias). T
                    is compared at the same distance past its ramp as one without a ramp is past its
                    warmup, so it meets each rung a little later and is not judged on its ramp.
 
+Under ``full_strength`` the default cuts twice, at two consecutive validations: at the first at least
+0.75 epochs at full strength in, a trial stops unless it is in the top half of the trials recorded there;
+at the next (1.75 epochs in) unless it is in the top third of those (``DEFAULT_CUTS``). The first cut only
+drops clear losers (an early figure ranks configurations poorly but rarely puts the best in the bottom
+half), the second is the decision that ranks like the final strong figure. A ``--grace-period`` or
+``--reduction-factor`` given explicitly asks for ASHA's own geometric rungs instead (``grace·rf^k``,
+keeping the top 1/rf at each; ``--reduction-factor 4`` is the previous default).
+
 Which rule is the default was decided by measurement, not assumed: ``bench/pruning_fidelity.py``
 replays Ray Tune's own ASHA on recorded, unpruned learning curves and final strong figures
 (docs/benchmarks.md, "Pruning fidelity"). This module is pure (no Ray): the scheduler that applies a
@@ -25,7 +33,7 @@ from typing import Any, Mapping
 from advtune.trainables.config import TrialConfig
 
 __all__ = ["RULES", "DEFAULT_RULE", "PruningRule", "full_strength_point", "rung_time", "default_rule_for",
-           "make_rule", "rule_of", "DEFAULT_FULL_STRENGTH_GRACE", "DEFAULT_REDUCTION_FACTOR", "trial_rung_epochs", "asha_rungs"]
+           "make_rule", "rule_of", "DEFAULT_CUTS", "DEFAULT_FULL_STRENGTH_GRACE", "DEFAULT_REDUCTION_FACTOR", "trial_rung_epochs", "asha_rungs"]
 
 
 def asha_rungs(grace: int, reduction_factor: int, max_epochs: int) -> list[int]:
@@ -46,7 +54,11 @@ RULES = {
 # The rule for spaces that search the schedule's shape (warmup, eps ramp, cyclic peak); chosen by
 # bench/pruning_fidelity.py's replay on recorded curves (docs/benchmarks.md).
 DEFAULT_RULE = "full_strength"
-DEFAULT_FULL_STRENGTH_GRACE = 1.75  # epochs at full strength before the first rung (the replay's pick)
+DEFAULT_FULL_STRENGTH_GRACE = 1.75  # the first rung of full_strength's geometric rungs (--grace-period / --reduction-factor)
+# full_strength's default rungs and the share each keeps: (epochs at full strength, share of the trials recorded
+# there that continue). One epoch apart, so every trial meets them at consecutive validations: a lenient cut, then
+# the decision (the replay's pick, docs/benchmarks.md section 9)
+DEFAULT_CUTS: tuple[tuple[float, float], ...] = ((0.75, 1 / 2), (1.75, 1 / 3))
 # ASHA keeps the top 1/R at each rung; the old rule keeps its old R
 DEFAULT_REDUCTION_FACTOR = {"epoch": 2, "full_strength": 4, "decay_progress": 4}
 SHAPE_KEYS = ("warmup", "eps_ramp", "eps_ramp_start", "peak_at")
@@ -82,6 +94,9 @@ class PruningRule:
     grace: float  # the first rung, in the rule's time unit
     reduction_factor: int
     max_epochs: int
+    # explicit rungs, each with the share of the trials recorded there that continue (DEFAULT_CUTS); () for ASHA's
+    # geometric rungs grace·rf^k, each keeping the top 1/rf
+    cuts: tuple[tuple[float, float], ...] = ()
 
     @property
     def max_t(self) -> float:
@@ -89,8 +104,17 @@ class PruningRule:
         return float(self.max_epochs)
 
     def rungs(self) -> list[float]:
-        """The times at which ASHA compares trials, as Ray's ASHA builds them (``grace·rf^k`` below max_t)."""
+        """The times at which ASHA compares trials: the cuts' times, or as Ray's ASHA builds them (``grace·rf^k``),
+        below max_t."""
+        if self.cuts:
+            return [float(t) for t, _ in self.cuts if t < self.max_epochs]
         return [float(r) for r in asha_rungs(self.grace, self.reduction_factor, self.max_epochs)]
+
+    def keeps(self) -> list[float]:
+        """The share of the trials recorded at each of :meth:`rungs` that continues."""
+        if self.cuts:
+            return [float(k) for t, k in self.cuts if t < self.max_epochs]
+        return [1.0 / self.reduction_factor] * len(self.rungs())
 
     def time(self, epoch: float, point: float) -> float:
         """ASHA's time of a result at ``epoch`` for a trial whose full-strength point is ``point``."""
@@ -98,8 +122,23 @@ class PruningRule:
 
     def describe(self) -> str:
         unit = "epochs" if self.name == "epoch" else "epochs at full strength"
+        return f"{self.name} ({RULES[self.name]}): {self.describe_rungs()}"
+
+    def describe_rungs(self) -> str:
+        """The rungs in the rule's unit and what each keeps, e.g. "rungs at 0.75, 1.75 epochs at full strength,
+        keeping the top 1/2, then the top 1/3 of the trials recorded at each"."""
+        unit = "epochs" if self.name == "epoch" else "epochs at full strength"
         rungs = ", ".join(f"{r:g}" for r in self.rungs()) or "none"
-        return f"{self.name} ({RULES[self.name]}): rungs at {unit} {rungs}, keeping the top 1/{self.reduction_factor}"
+        if not self.cuts:
+            return f"rungs at {unit} {rungs}, keeping the top 1/{self.reduction_factor} at each"
+        keeps = ", then ".join(f"the top {_share(k)}" for k in self.keeps())
+        return f"rungs at {unit} {rungs}, keeping {keeps} of the trials recorded at each"
+
+
+def _share(keep: float) -> str:
+    """A share as a user reads it: 1/2, 1/3, or 40%."""
+    inv = 1.0 / keep
+    return f"1/{round(inv)}" if abs(inv - round(inv)) < 1e-6 else f"{100 * keep:g}%"
 
 
 def rule_of(spec: Mapping[str, Any]) -> PruningRule:
@@ -107,7 +146,7 @@ def rule_of(spec: Mapping[str, Any]) -> PruningRule:
     setting pruned on raw epochs)."""
     return make_rule(spec.get("pruning", "epoch"), spec["grace_period"],
                      spec.get("full_strength_grace", DEFAULT_FULL_STRENGTH_GRACE), spec["reduction_factor"],
-                     spec["max_epochs"])
+                     spec["max_epochs"], tuple(tuple(c) for c in spec.get("cuts") or ()))
 
 
 def trial_rung_epochs(spec: Mapping[str, Any], params: Mapping[str, Any]) -> list[float]:
@@ -127,11 +166,21 @@ def default_rule_for(searched: set[str]) -> str:
 
 
 def make_rule(name: str, grace_epochs: int, full_strength_grace: float, reduction_factor: int,
-              max_epochs: int) -> PruningRule:
+              max_epochs: int, cuts: tuple[tuple[float, float], ...] = ()) -> PruningRule:
     """The rule ``name`` with its first rung: ``grace_epochs`` for ``epoch`` (already placed after
-    the space's longest warmup), ``full_strength_grace`` epochs at full strength otherwise."""
+    the space's longest warmup), ``full_strength_grace`` epochs at full strength otherwise; with ``cuts``
+    (not under ``epoch``) its rungs are those, each keeping its share, instead of ASHA's ``grace·rf^k``."""
     if name not in RULES:
         raise ValueError(f"unknown pruning rule {name!r}; one of {', '.join(RULES)}")
+    if cuts:
+        if name == "epoch":
+            raise ValueError("the epoch rule's rungs are ASHA's grace*rf^k: explicit cuts need full_strength or "
+                             "decay_progress")
+        times = [float(t) for t, _ in cuts]
+        if times != sorted(set(times)) or times[0] <= 0 or any(not 0 < k < 1 for _, k in cuts):
+            raise ValueError(f"pruning cuts {cuts!r}: rung times must rise from above 0 and each share kept must lie "
+                             "in (0, 1)")
+        full_strength_grace = times[0]
     grace = grace_epochs if name == "epoch" else full_strength_grace
     # Ray's ASHA wants grace <= max_t; a first rung at or past the last epoch means no rung (nothing pruned)
-    return PruningRule(name, float(min(grace, max_epochs)), reduction_factor, max_epochs)
+    return PruningRule(name, float(min(grace, max_epochs)), reduction_factor, max_epochs, tuple(cuts))

@@ -272,8 +272,13 @@ def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord], top
     ax.set_ylim(0, ax.get_ylim()[1] * 1.05)
     ax.set_xticks(range(0, spec["max_epochs"] + 1, max(1, math.ceil(spec["max_epochs"] / 12))))
     ax.grid(alpha=0.3)
+    from .pruning import rule_of
+
+    rule = rule_of(spec)
+    keeps = (", then ".join(f"{100 * k:.0f}%" for k in rule.keeps()) if rule.cuts
+             else f"1/{spec['reduction_factor']} at each rung")
     ax.set_title(f"Robust validation accuracy per epoch ({_threat(spec)})\nASHA keeps the top "  # two lines: fits
-                 f"1/{spec['reduction_factor']} at each rung (rule: {spec.get('pruning', 'epoch')})"
+                 f"{keeps} (rule: {spec.get('pruning', 'epoch')})"
                  + (f"; the top {len(top)} trials named" if top else ""))
     if names:
         separate_labels(fig, names)

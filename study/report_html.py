@@ -258,7 +258,5 @@ def _rungs_text(spec: dict[str, Any], rungs: list) -> str:
     if spec.get("pruning", "epoch") == "full_strength":
         from .pruning import rule_of
 
-        fs = rule_of(spec).rungs()
-        return (f"rule full_strength: rungs at {', '.join(f'{r:g}' for r in fs) or 'none'} epoch(s) at full strength, "
-                f"after each trial's own warmup and eps ramp")
+        return f"rule full_strength: {rule_of(spec).describe_rungs()}, after each trial's own warmup and eps ramp"
     return f"rungs at epoch {', '.join(str(r) for r in rungs) or 'none'}"

@@ -18,9 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
 from ray.tune.search.optuna import OptunaSearch
 
 from .records import StudyRecords
@@ -35,7 +37,9 @@ class ScheduleAwareASHA(ASHAScheduler):
     Under ``full_strength`` a result at ``epoch`` counts as ``epoch − point·epochs``, where ``point`` is the
     trial's own full-strength point (its warmup / cyclic peak and epsilon ramp, from its config), so every
     trial meets each rung the same number of epochs after it first trained at full LR and full epsilon.
-    Under ``epoch`` it is ASHA on epochs, as before. Everything else (rungs, cutoffs, promotion) is Ray's.
+    Under ``epoch`` it is ASHA on epochs, as before. A rule with explicit cuts (``PruningRule.cuts``, the
+    ``full_strength`` default) runs Ray's bracket on those rungs, each keeping its own share (:class:`_CutBracket`);
+    otherwise the rungs are Ray's ``grace·rf^k``. Cutoffs and asynchronous promotion are Ray's.
     """
 
     TIME = "rung_time"
@@ -44,6 +48,8 @@ class ScheduleAwareASHA(ASHAScheduler):
         super().__init__(time_attr=self.TIME, metric=metric, mode="max", max_t=rule.max_t,
                          grace_period=rule.grace, reduction_factor=rule.reduction_factor)
         self.rule, self._base, self._points = rule, dict(base), {}
+        if rule.cuts:
+            self._brackets = [_CutBracket(list(zip(rule.rungs(), rule.keeps())))]
 
     def _timed(self, trial, result: dict | None) -> dict | None:
         if not result or "epoch" not in result:
@@ -60,6 +66,24 @@ class ScheduleAwareASHA(ASHAScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, self._timed(trial, result))
+
+
+class _CutBracket(_Bracket):
+    """Ray's ASHA bracket on explicit rungs, each keeping its own share of the trials recorded there: a trial
+    arriving at a rung continues if its figure is at least the (1 − keep) quantile of those recorded before it
+    (Ray's asynchronous cutoff, with a share per rung instead of 1/rf at every rung)."""
+
+    def __init__(self, cuts: list[tuple[float, float]]) -> None:
+        self.rf = None  # no geometric factor: each rung has its share
+        self._keep = [keep for _, keep in reversed(cuts)]
+        self._rungs = [(time, {}) for time, _ in reversed(cuts)]  # Ray's order: the last rung first
+        self._stop_last_trials = True
+
+    def cutoff(self, recorded):
+        if not recorded:
+            return None
+        keep = next(k for k, (_, rec) in zip(self._keep, self._rungs) if rec is recorded)
+        return np.nanpercentile(list(recorded.values()), (1 - keep) * 100)
 
 
 def make_scheduler(rule, base: dict[str, Any]) -> ScheduleAwareASHA:

@@ -206,7 +206,8 @@ def test_candidates_rank_feasible_trials_first_under_a_clean_floor(tmp_path):
 
 
 def test_study_candidates_ask_each_trial_about_its_own_last_rung(tmp_path):
-    """Under the full_strength rule (rungs 1.75 and 7 epochs at full strength, 8 epochs) a trial with a 30% eps
+    """Under the full_strength rule with ASHA's geometric rungs (--reduction-factor 4: rungs 1.75 and 7 epochs at full
+    strength, 8 epochs) a trial with a 30% eps
     ramp meets the first rung at epoch 4.15 and never the second (9.4): ran to the end, it went past its last
     rung and is a candidate, though it never reached the study's last rung time (7)."""
     from types import SimpleNamespace
@@ -215,7 +216,7 @@ def test_study_candidates_ask_each_trial_about_its_own_last_rung(tmp_path):
     from advtune.study.spec import build_spec
     from advtune.trainables.config import TrialConfig
 
-    args = SimpleNamespace(space="sfd", num_samples=7, max_epochs=8, grace_period=None, reduction_factor=None,
+    args = SimpleNamespace(space="sfd", num_samples=7, max_epochs=8, grace_period=None, reduction_factor=4,
                            concurrency=2, cpus_per_trial=None, gpus_per_trial=0.0, address=None,
                            storage_path=str(tmp_path / "s"), name="s", seed=0, max_failures=0, verbose=False,
                            assume_shared_storage=False)
@@ -227,9 +228,16 @@ def test_study_candidates_ask_each_trial_about_its_own_last_rung(tmp_path):
                                                   (0.2, 8, ramp),   # past its only rung (compared at epoch 5)
                                                   (0.3, 5, ramp),   # stopped at its only rung
                                                   (0.1, 8, flat),   # reached its last rung (7.4: at epoch 8)
-                                                  (0.35, 3, flat)]):  # stopped at its first rung (epoch 3)
+                                                  (0.35, 3, flat),  # stopped at its first rung (epoch 3)
+                                                  (0.05, 2, flat)]):  # stopped before it (epoch 2)
         d = tmp_path / f"t{i}"
         d.mkdir()
         (d / "best.pt").write_bytes(b"w")
         recs.append(TrialRecord(f"t{i}", params, _metrics(robust, epochs), "completed", directory=d))
     assert [r.trial_id for r in study_candidates(spec, recs)] == ["t0", "t1", "t2", "t3", "t5"]
+    # the default two cuts (0.75 and 1.75 epochs at full strength, at epochs 4 and 5 for the ramp, 2 and 3 without):
+    # every trial judged at its second is a candidate, stopped there or not (t4 at epoch 5, t6 at epoch 3); t7 was
+    # stopped at its first cut (epoch 2)
+    default = build_spec(SimpleNamespace(**{**vars(args), "reduction_factor": None}), TrialConfig())[0]
+    assert default.pruning_rule().rungs() == [0.75, 1.75]
+    assert [r.trial_id for r in study_candidates(default, recs)] == ["t0", "t1", "t2", "t6", "t4", "t3", "t5"]

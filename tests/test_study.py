@@ -142,9 +142,14 @@ def test_dry_run_shows_the_pruning_rule_and_its_rungs(capsys, tmp_path):
     # the sfd space searches warmup and eps_ramp: the full_strength rule, rungs in epochs at full strength
     assert main(["run", "--dry-run", "--max-epochs", "10", "--storage-path", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
-    assert "rule 'full_strength'" in out and "reduction factor 4" in out and "rungs at 1.75, 7 epoch(s) at full strength" in out
-    assert "Why this rule" in out
+    assert "rule 'full_strength'" in out and ("rungs at epochs at full strength 0.75, 1.75, keeping the top 1/2, then "
+                                              "the top 1/3 of the trials recorded at each") in out
+    assert "Why this rule" in out and "--reduction-factor 4: the previous single cut" in out
     assert not (tmp_path / "s").exists()  # a dry run starts nothing and writes nothing
+    # the previous default, one flag away: ASHA's geometric rungs on the same clock
+    assert main(["run", "--dry-run", "--max-epochs", "10", "--reduction-factor", "4", "--storage-path", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "rule 'full_strength'" in out and "rungs at epochs at full strength 1.75, 7, keeping the top 1/4 at each" in out
     # the old rule, one flag away: rungs after the space's longest warmup/ramp
     assert main(["run", "--dry-run", "--max-epochs", "10", "--pruning", "epoch", "--storage-path", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
