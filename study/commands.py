@@ -397,12 +397,14 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=int, default=12, help="number of trials (default 12)")
     p.add_argument("--max-epochs", type=int, default=8, help="epochs of a trial that is never stopped")
     p.add_argument("--grace-period", type=float, default=None, metavar="EPOCHS",
-                   help="ASHA's first rung, in the pruning rule's unit: epochs at full strength under full_strength "
-                        "(default 1.75), epochs under epoch (default: the end of the space's longest warmup/ramp, "
-                        "never earlier); at or past --max-epochs nothing is pruned")
+                   help="ASHA's first rung, in the pruning rule's unit: epochs under epoch (default: the end of the "
+                        "space's longest warmup/ramp, never earlier); epochs at full strength under full_strength, "
+                        "where giving it (default 1.75) replaces the default two cuts (the top 1/2 kept at 0.75, the "
+                        "top 1/3 at 1.75) with ASHA's rungs G*R^k; at or past --max-epochs nothing is pruned")
     p.add_argument("--reduction-factor", type=int, default=None, metavar="R",
-                   help="ASHA keeps the top 1/R at each rung (default: 4 under the full_strength rule, 2 under epoch: "
-                        "the pruning-fidelity replay's picks)")
+                   help="ASHA keeps the top 1/R at each rung (default 2 under epoch; under full_strength giving it "
+                        "replaces the default two cuts with ASHA's rungs, 4: the previous default). The defaults are "
+                        "the pruning-fidelity replay's picks (docs/benchmarks.md, section 9)")
     p.add_argument("--pruning", choices=("auto", "epoch", "full_strength"), default="auto",
                    help="ASHA's time: 'full_strength' counts each trial's epochs after its own LR warmup/peak and eps "
                         "ramp (fair to slow starts; auto's choice when the space searches warmup, eps_ramp or peak_at), "

@@ -390,7 +390,7 @@ def _pruning_lines(spec: StudySpec, space: SearchSpace, rungs: list[int], peak_e
                      "alone. Replayed on recorded curves (docs/benchmarks.md, section 9), the figure at 1.75 epochs at full "
                      "strength ranks trials like their final strong figure (Spearman 0.92 on digits, 0.93 on "
                      "Fashion-MNIST; raw epochs: 0.50 on digits), and cutting the bottom half one validation earlier "
-                     "keeps the best configuration in 94% / 99% of replays at 57% / 60% of the no-pruning compute. "
+                     "keeps the best configuration in 94% / 99% of replays at 56.5% / 59.5% of the no-pruning compute. "
                      "--reduction-factor 4: the previous single cut at 1.75 (65% / 70%); --pruning epoch: the old rule")
     else:
         lines.append(f"           ASHA's geometric rungs (--grace-period / --reduction-factor given), each keeping the top "
