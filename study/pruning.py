@@ -121,11 +121,10 @@ class PruningRule:
         return rung_time(self.name, epoch, point, self.max_epochs)
 
     def describe(self) -> str:
-        unit = "epochs" if self.name == "epoch" else "epochs at full strength"
         return f"{self.name} ({RULES[self.name]}): {self.describe_rungs()}"
 
     def describe_rungs(self) -> str:
-        """The rungs in the rule's unit and what each keeps, e.g. "rungs at 0.75, 1.75 epochs at full strength,
+        """The rungs in the rule's unit and what each keeps, e.g. "rungs at epochs at full strength 0.75, 1.75,
         keeping the top 1/2, then the top 1/3 of the trials recorded at each"."""
         unit = "epochs" if self.name == "epoch" else "epochs at full strength"
         rungs = ", ".join(f"{r:g}" for r in self.rungs()) or "none"
