@@ -184,6 +184,7 @@ class ProbeRule:
     reduction_factor: int
     max_epochs: int
     name: str = "probe"
+    cuts: tuple = ()  # ASHA's geometric rungs (the study's ASHA reads it)
 
     @property
     def probe_epochs(self) -> int:
@@ -216,6 +217,7 @@ class SecondRungRule:
     reduction_factor: int
     max_epochs: int
     name: str = "full_strength"
+    cuts: tuple = ()  # ASHA's geometric rungs, on its own clock
 
     @property
     def power(self) -> float:
