@@ -367,10 +367,11 @@ def replay_in_order(order: list[Run], rule, base: dict, epochs: int, slots: int 
 def evaluate_rule(runs: list[Run], rule, base: dict, epochs: int, seeds: int, n_images: int) -> dict:
     from scipy.stats import kendalltau, spearmanr
 
-    decide = [rung_value(r, rule) for r in runs]
     strong = [r.strong for r in runs]
-    per_rung = [spearmanr([rung_value(r, rule, k) for r in runs], strong).statistic
-                for k in range(max(1, len(rule.rungs())))]
+    # the figure each configuration is compared on at each rung (the first rung's: what ``spearman`` ranks)
+    at_rung = [[rung_value(r, rule, k) for r in runs] for k in range(max(1, len(rule.rungs())))]
+    per_rung = [spearmanr(values, strong).statistic for values in at_rung]
+    deciding = min(deciding_rung(rule), len(at_rung) - 1)
     best = max(runs, key=lambda r: r.strong)
     full_cost = sum(r.history[-1]["grad_passes"] for r in runs)  # every configuration run once, unpruned
     spent_after = {r.idx: [h["grad_passes"] for h in r.steps(rule)] for r in runs}  # passes after each result
@@ -381,12 +382,12 @@ def evaluate_rule(runs: list[Run], rule, base: dict, epochs: int, seeds: int, n_
         finished = [r for r in runs if ran[r.idx][1]]
         regrets.append(best.strong - max(r.strong for r in finished))
         costs.append(sum(spent_after[r.idx][ran[r.idx][0] - 1] for r in runs) / full_cost)
-    return {"spearman": spearmanr(decide, strong).statistic, "kendall": kendalltau(decide, strong).statistic,
-            "spearman_rungs": per_rung, "spearman_deciding": per_rung[min(deciding_rung(rule), len(per_rung) - 1)],
-            "deciding": [rung_value(r, rule, deciding_rung(rule)) for r in runs],
+    return {"spearman": per_rung[0], "kendall": kendalltau(at_rung[0], strong).statistic,
+            "spearman_rungs": per_rung, "spearman_deciding": per_rung[deciding], "deciding": at_rung[deciding],
+            "deciding_at": (rule.rungs() or [rule.max_t])[deciding],
             "best_survives": survives / seeds, "regret_pts": 100 * statistics.mean(regrets),
             "regret_images": n_images * statistics.mean(regrets), "worst_regret_pts": 100 * max(regrets),
-            "compute": statistics.mean(costs), "decide": decide}
+            "compute": statistics.mean(costs)}
 
 
 def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
@@ -421,7 +422,7 @@ def analyse(path: Path, seeds: int, candidates=CANDIDATES) -> dict:
             res = evaluate_rule(runs, rule, data["base"], epochs, seeds, n_images)
         finally:
             ALIGNED = 0
-        out[label] = {**res, "rungs": rule.rungs(), "rule": rule_name, "grace": rule.grace, "rf": rf, "rule_obj": rule}
+        out[label] = {**res, "rungs": rule.rungs(), "rule": rule_name, "grace": rule.grace, "rf": rf}
         rungs = [r for r in grace if r < epochs] if rule_name == "second" else rule.rungs()  # epochs at full strength
         print(f"RATIO data={name} rule=\"{label}\" rungs={','.join(f'{r:g}' for r in rungs) or 'none'} spearman={res['spearman']:.3f} "
               f"kendall={res['kendall']:.3f} best_survives={res['best_survives']:.2f} "
@@ -449,7 +450,7 @@ def plot(analyses: list[dict], out: Path) -> None:
             ramp = [r.point for r in a["runs"]]
             sc = ax.scatter([100 * v for v in res["deciding"]], [100 * r.strong for r in a["runs"]], c=ramp,
                             cmap="viridis", vmin=0, vmax=0.5)
-            ax.set_xlabel(f"robust val acc at the deciding rung, {res['rungs'][deciding_rung(res['rule_obj'])]:g} "
+            ax.set_xlabel(f"robust val acc at the deciding rung, {res['deciding_at']:g} "
                           f"{'epochs' if res['rule'] == 'epoch' else 'epochs at full strength'} (PGD, %)")
             ax.set_ylabel("final strong figure (APGD-CE+T, %)")
             ax.set_title(f"{a['name']}: {label}\nSpearman {res['spearman_deciding']:.2f}, best survives "

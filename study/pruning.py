@@ -128,10 +128,14 @@ class PruningRule:
         keeping the top 1/2, then the top 1/3 of the trials recorded at each"."""
         unit = "epochs" if self.name == "epoch" else "epochs at full strength"
         rungs = ", ".join(f"{r:g}" for r in self.rungs()) or "none"
+        return f"rungs at {unit} {rungs}, keeping {self.describe_keeps()}"
+
+    def describe_keeps(self) -> str:
+        """What ASHA keeps: "the top 1/4 at each rung", or per cut "the top 1/2, then the top 1/3 of the trials
+        recorded at each"."""
         if not self.cuts:
-            return f"rungs at {unit} {rungs}, keeping the top 1/{self.reduction_factor} at each"
-        keeps = ", then ".join(f"the top {_share(k)}" for k in self.keeps())
-        return f"rungs at {unit} {rungs}, keeping {keeps} of the trials recorded at each"
+            return f"the top 1/{self.reduction_factor} at each rung"
+        return ", then ".join(f"the top {_share(k)}" for k in self.keeps()) + " of the trials recorded at each"
 
 
 def _share(keep: float) -> str:

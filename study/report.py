@@ -274,11 +274,8 @@ def _curves(out_dir: Path, spec: dict[str, Any], records: list[TrialRecord], top
     ax.grid(alpha=0.3)
     from .pruning import rule_of
 
-    rule = rule_of(spec)
-    keeps = (", then ".join(f"{100 * k:.0f}%" for k in rule.keeps()) if rule.cuts
-             else f"1/{spec['reduction_factor']} at each rung")
-    ax.set_title(f"Robust validation accuracy per epoch ({_threat(spec)})\nASHA keeps the top "  # two lines: fits
-                 f"{keeps} (rule: {spec.get('pruning', 'epoch')})"
+    ax.set_title(f"Robust validation accuracy per epoch ({_threat(spec)})\nASHA keeps "  # two lines: fits
+                 f"{rule_of(spec).describe_keeps()} (rule: {spec.get('pruning', 'epoch')})"
                  + (f"; the top {len(top)} trials named" if top else ""))
     if names:
         separate_labels(fig, names)

@@ -52,7 +52,7 @@ class StudySpec:
     final_images: int | None = None  # None: final_eval.CPU_IMAGES (512) on CPU trials, GPU_IMAGES (1000) with GPUs
     # ASHA's time (study/pruning.py): studies from before the rule was a setting pruned on raw epochs
     pruning: str = "epoch"
-    full_strength_grace: float = 1.75  # first rung of the full_strength rule, epochs at full strength
+    full_strength_grace: float = 1.75  # first of full_strength's geometric rungs, epochs at full strength (not with cuts)
     # full_strength's rungs with the share each keeps ((epochs at full strength, share), ...): the default since the
     # two-cut rule; () for ASHA's geometric rungs from full_strength_grace and reduction_factor (studies from before it)
     cuts: tuple[tuple[float, float], ...] = ()
@@ -186,7 +186,7 @@ def build_spec(args, base: TrialConfig) -> tuple[StudySpec, SearchSpace]:
                      objective=getattr(args, "objective", None) or "robust",  # parsed and checked by StudySpec
                      sampler=getattr(args, "sampler", None) or "tpe", warm_start=warm,
                      optuna_storage=getattr(args, "optuna_storage", None), pruning=pruning,
-                     full_strength_grace=cuts[0][0] if cuts else fs_grace, cuts=cuts,
+                     full_strength_grace=fs_grace, cuts=cuts,
                      trackers=parse_trackers(getattr(args, "tracker", None)), **final)
     return spec, space
 

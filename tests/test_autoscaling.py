@@ -72,7 +72,7 @@ def autoscaling_cluster(tmp_path_factory):
     finally:
         c.shutdown()  # the head's processes, its autoscaler among them; the worker nodes' raylets die with it
         # but the log monitors of the nodes the fake provider launched outlive it (3 per run were left on this
-        # machine): end the processes of this cluster's session, and only those (its session folder is its own)
+        # machine): kill the processes of this cluster's session, and only those (its session folder is its own)
         assert _end_session_processes(session) == [], "processes of the autoscaling cluster outlived it"
         for k, v in old.items():
             if v is None:
@@ -81,46 +81,20 @@ def autoscaling_cluster(tmp_path_factory):
                 os.environ[k] = v
 
 
-def _end_session_processes(session: str, wait_s: float = 10.0) -> list[str]:
-    """End the processes whose command line names ``session`` (a Ray session folder: this test's cluster alone),
-    SIGTERM then SIGKILL; the command lines of those still alive after that."""
+def _end_session_processes(session: str) -> list[str]:
+    """Kill the processes whose command line names ``session`` (a Ray session folder: this test's cluster alone)
+    once it is shut down; the command lines of any still alive 10 s later."""
     import psutil
 
-    def ours() -> list[psutil.Process]:
-        found = []
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if p.pid != os.getpid() and any(session in a for a in p.info["cmdline"] or ()):
-                    found.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return found
-
-    def alive() -> list[psutil.Process]:
-        left = []
-        for p in ours():
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    left.append(p)
-            except psutil.NoSuchProcess:
-                pass
-        return left
-
-    for end in ("terminate", "kill"):  # a raylet may sit out SIGTERM while its node shuts down
-        procs = alive()
-        for p in procs:
-            try:
-                getattr(p, end)()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=wait_s)
-    left = []
-    for p in alive():
+    procs = [p for p in psutil.process_iter(["cmdline"])
+             if p.pid != os.getpid() and any(session in a for a in p.info["cmdline"] or ())]
+    for p in procs:
         try:
-            left.append(" ".join(p.cmdline())[:200])
+            p.kill()  # leftovers of a shut-down cluster: a raylet sat out SIGTERM in one run
         except psutil.NoSuchProcess:
             pass
-    return left
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    return [" ".join(p.info["cmdline"] or ())[:200] for p in alive]
 
 
 def _worker_pids(node_id: str) -> list[int]:
